@@ -1,0 +1,152 @@
+"""The type registry: every ggml tensor type we can write or read, mapped to its kernel pair.
+
+A kernel module (one family each: floats, legacy, kquants, iquants, ...) exposes
+``KERNELS: list[Kernel]``. The registry imports the families lazily, on first use, so that
+``pyquantize --help`` and ``inspect`` never pay for Numba.
+
+Contract of a kernel pair (no file I/O, no globals read inside the JIT code):
+- ``quantize(rows, imatrix)``: ``rows`` is C-contiguous float32 (nrows, n_per_row),
+  ``imatrix`` is None or C-contiguous float32 (n_per_row,). Returns C-contiguous uint8
+  (nrows, row_bytes): exactly the bytes of ggml_quantize_chunk(type, rows, dst, 0, nrows,
+  n_per_row, imatrix). Rows are independent, so any thread count gives the same bytes.
+- ``dequantize(blob, n_per_row)``: uint8 (nrows, row_bytes) -> float32 (nrows, n_per_row),
+  as ggml's dequantize_row_*.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+QuantizeFn = Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]
+DequantizeFn = Callable[[np.ndarray, int], np.ndarray]
+
+# Kernel families, in the order they register. A family not written yet is simply absent.
+FAMILIES = ("floats", "legacy", "kquants", "iquants", "iq1", "iq4", "ternary", "mxfp4", "q1q2")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    type: GGMLQuantizationType
+    quantize: Optional[QuantizeFn]
+    dequantize: Optional[DequantizeFn]
+    needs_imatrix: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.type.name
+
+    @property
+    def block_size(self) -> int:
+        return GGML_QUANT_SIZES[self.type][0]
+
+    @property
+    def type_size(self) -> int:
+        return GGML_QUANT_SIZES[self.type][1]
+
+    def row_bytes(self, n_per_row: int) -> int:
+        return n_per_row // self.block_size * self.type_size
+
+
+class KernelMissing(LookupError):
+    """No quantizer (or dequantizer) exists for this type yet."""
+
+
+_registry: dict[GGMLQuantizationType, Kernel] | None = None
+
+
+def registry() -> dict[GGMLQuantizationType, Kernel]:
+    global _registry
+    if _registry is None:
+        found: dict[GGMLQuantizationType, Kernel] = {}
+        for family in FAMILIES:
+            module_name = f"{__name__}.{family}"
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name == module_name:
+                    continue
+                raise
+            for kernel in module.KERNELS:
+                found[kernel.type] = kernel
+        _registry = found
+    return _registry
+
+
+def row_bytes(qtype: GGMLQuantizationType, n_per_row: int) -> int:
+    """Bytes of one row of n_per_row weights (ggml_row_size); needs no kernel."""
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    return n_per_row // block_size * type_size
+
+
+def get(qtype: GGMLQuantizationType) -> Kernel:
+    kernel = registry().get(GGMLQuantizationType(qtype))
+    if kernel is None:
+        raise KernelMissing(f"no kernel for {GGMLQuantizationType(qtype).name} yet")
+    return kernel
+
+
+def can_quantize(qtype: GGMLQuantizationType) -> bool:
+    kernel = registry().get(GGMLQuantizationType(qtype))
+    return kernel is not None and kernel.quantize is not None
+
+
+def can_dequantize(qtype: GGMLQuantizationType) -> bool:
+    kernel = registry().get(GGMLQuantizationType(qtype))
+    return kernel is not None and kernel.dequantize is not None
+
+
+def quantize(rows: np.ndarray, qtype: GGMLQuantizationType, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """Quantize float rows (nrows, n_per_row) to uint8 (nrows, row_bytes)."""
+    kernel = get(qtype)
+    if kernel.quantize is None:
+        raise KernelMissing(f"no quantizer for {kernel.name} yet")
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if rows.ndim == 1:
+        rows = rows.reshape(1, -1)
+    if rows.shape[1] % kernel.block_size:
+        raise ValueError(f"row length {rows.shape[1]} is not a multiple of {kernel.block_size} ({kernel.name})")
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if imatrix.shape != (rows.shape[1],):
+            raise ValueError(f"imatrix has {imatrix.size} entries, rows have {rows.shape[1]}")
+    return kernel.quantize(rows, imatrix)
+
+
+def dequantize(blob: np.ndarray, qtype: GGMLQuantizationType, n_per_row: int) -> np.ndarray:
+    """Dequantize uint8 (nrows, row_bytes) (or flat bytes) to float32 (nrows, n_per_row)."""
+    kernel = get(qtype)
+    if kernel.dequantize is None:
+        raise KernelMissing(f"no dequantizer for {kernel.name} yet")
+    blob = np.ascontiguousarray(blob).view(np.uint8).reshape(-1, kernel.row_bytes(n_per_row))
+    return kernel.dequantize(blob, n_per_row)
+
+
+def warmup(qtypes, with_imatrix: bool = False) -> None:
+    """Compile (or load from cache) the kernels of these types before timed work starts."""
+    for qtype in qtypes:
+        kernel = get(qtype)
+        n = max(256, kernel.block_size)
+        x = np.linspace(-1, 1, n, dtype=np.float32).reshape(1, n)
+        if kernel.quantize is not None:
+            if not kernel.needs_imatrix:
+                kernel.quantize(x, None)
+            if with_imatrix or kernel.needs_imatrix:
+                kernel.quantize(x, np.ones(n, dtype=np.float32))
+        if kernel.dequantize is not None and kernel.quantize is not None:
+            q = kernel.quantize(x, np.ones(n, dtype=np.float32) if kernel.needs_imatrix else None)
+            kernel.dequantize(q, n)
+
+
+def set_threads(n: int | None) -> int:
+    """Set the Numba thread count (None or <= 0: all cores). Returns the count in use."""
+    import numba
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    n = limit if not n or n <= 0 else min(n, limit)
+    numba.set_num_threads(n)
+    return n

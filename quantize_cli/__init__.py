@@ -1,0 +1,1 @@
+"""pyquantize: GGUF quantization byte-identical to llama.cpp."""

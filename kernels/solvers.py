@@ -1,0 +1,409 @@
+"""Scale searches shared by the legacy and K-quant families (ggml-quants.c helper functions).
+
+Each mirrors its C namesake line for line, in float32 wherever the C declares `float`: a
+product of a float and an int is written `w * f32(l)` because Numba would otherwise promote
+it to float64 where C stays in float. Arrays stand in for C pointers (pass views: `x[16*j:]`);
+an optional C pointer that may be NULL is an argument that may be None. Outputs the C writes
+through pointers (`L`, `Laux`) are filled in place; `*the_min` is returned alongside the scale.
+Stores into uint8/int8 arrays are masked to mirror C's truncating conversion explicitly (it
+also keeps NUMBA_DISABLE_JIT=1 runs, where NumPy rejects out-of-range stores, identical).
+
+error_model="numpy": float division by zero gives inf/nan as in C instead of raising.
+"""
+
+import numpy as np
+from numba import njit
+
+from .common import nearest_int as _nearest_int_bits
+
+f32 = np.float32
+
+GROUP_MAX_EPS = f32(1e-15)
+_MAGIC = f32(12582912.0)  # 1.5 * 2**23
+_TWO23 = f32(8388608.0)
+_TWO24 = f32(16777216.0)
+_ZERO = f32(0.0)
+_ONE = f32(1.0)
+_HALF = f32(0.5)
+_TENTH = f32(0.1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def nearest_int_fast(fval):
+    """ggml's nearest_int (round half to even via + 1.5 * 2**23 in float32), without a memory
+    allocation per call. When fval + 1.5*2**23 lands in [2**23, 2**24) the sum is an integer and
+    equals the bit-trick result exactly; otherwise (|fval| >= 2**22, inf, nan: the C gives a
+    wrapped value) fall back to the bit trick itself, so every input matches the C."""
+    val = f32(fval) + _MAGIC
+    if val >= _TWO23 and val < _TWO24:
+        return np.int32(val - _MAGIC)
+    return np.int32(_nearest_int_bits(fval))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _u8(v):
+    # C's conversion of an int to uint8_t: keep the low 8 bits.
+    return v & 0xFF
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _i8(v):
+    # C's conversion of an int to int8_t (two's complement wrap).
+    return ((v + 128) & 0xFF) - 128
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _qx_weight(x, i, rmse_type, qw):
+    if qw is not None:
+        return qw[i]
+    if rmse_type == 1:
+        return x[i] * x[i]
+    if rmse_type == 2:
+        return _ONE
+    if rmse_type == 3:
+        return abs(x[i])
+    return f32(np.sqrt(abs(x[i])))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def make_qx_quants(n, nmax, x, L, rmse_type, qw):
+    """make_qx_quants: symmetric scale search. L (int8) gets nmax + l, l in [-nmax, nmax-1]."""
+    max_ = _ZERO
+    amax = _ZERO
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            max_ = x[i]
+    if amax < GROUP_MAX_EPS:  # all zero
+        for i in range(n):
+            L[i] = 0
+        return _ZERO
+    fnmax = f32(nmax)
+    iscale = -fnmax / max_
+    if rmse_type == 0:
+        for i in range(n):
+            l = nearest_int_fast(iscale * x[i])
+            L[i] = _i8(nmax + max(-nmax, min(nmax - 1, l)))
+        return _ONE / iscale
+    return_early = False
+    if rmse_type < 0:
+        rmse_type = -rmse_type
+        return_early = True
+    sumlx = _ZERO
+    suml2 = _ZERO
+    for i in range(n):
+        l = nearest_int_fast(iscale * x[i])
+        l = max(-nmax, min(nmax - 1, l))
+        L[i] = _i8(l + nmax)
+        w = _qx_weight(x, i, rmse_type, qw)
+        fl = f32(l)
+        sumlx += w * x[i] * fl
+        suml2 += w * fl * fl
+    scale = sumlx / suml2 if suml2 != _ZERO else _ZERO
+    if return_early:
+        return _HALF * (scale + _ONE / iscale) if suml2 > _ZERO else _ONE / iscale
+    best = scale * sumlx
+    for is_ in range(-9, 10):
+        if is_ == 0:
+            continue
+        iscale = -(fnmax + _TENTH * f32(is_)) / max_
+        sumlx = _ZERO
+        suml2 = _ZERO
+        for i in range(n):
+            l = nearest_int_fast(iscale * x[i])
+            l = max(-nmax, min(nmax - 1, l))
+            w = _qx_weight(x, i, rmse_type, qw)
+            fl = f32(l)
+            sumlx += w * x[i] * fl
+            suml2 += w * fl * fl
+        if suml2 > _ZERO and sumlx * sumlx > best * suml2:
+            for i in range(n):
+                l = nearest_int_fast(iscale * x[i])
+                L[i] = _i8(nmax + max(-nmax, min(nmax - 1, l)))
+            scale = sumlx / suml2
+            best = scale * sumlx
+    return scale
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def make_q3_quants(n, nmax, x, L, do_rmse):
+    """make_q3_quants: symmetric search with an iterative refinement (weights x^2). L is int8."""
+    max_ = _ZERO
+    amax = _ZERO
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            max_ = x[i]
+    if amax < GROUP_MAX_EPS:  # all zero
+        for i in range(n):
+            L[i] = 0
+        return _ZERO
+    iscale = -f32(nmax) / max_
+    if do_rmse:
+        sumlx = _ZERO
+        suml2 = _ZERO
+        for i in range(n):
+            l = nearest_int_fast(iscale * x[i])
+            l = max(-nmax, min(nmax - 1, l))
+            L[i] = l
+            w = x[i] * x[i]
+            fl = f32(l)
+            sumlx += w * x[i] * fl
+            suml2 += w * fl * fl
+        for itry in range(5):
+            n_changed = 0
+            for i in range(n):
+                w = x[i] * x[i]
+                fLi = f32(L[i])
+                slx = sumlx - w * x[i] * fLi
+                if slx > _ZERO:
+                    sl2 = suml2 - w * fLi * fLi
+                    new_l = nearest_int_fast(x[i] * sl2 / slx)
+                    new_l = max(-nmax, min(nmax - 1, new_l))
+                    if new_l != L[i]:
+                        fnew = f32(new_l)
+                        slx += w * x[i] * fnew
+                        sl2 += w * fnew * fnew
+                        if sl2 > _ZERO and slx * slx * suml2 > sumlx * sumlx * sl2:
+                            L[i] = new_l
+                            sumlx = slx
+                            suml2 = sl2
+                            n_changed += 1
+            if n_changed == 0:
+                break
+        for i in range(n):
+            L[i] += nmax
+        return sumlx / suml2 if suml2 > _ZERO else _ZERO
+    for i in range(n):
+        l = nearest_int_fast(iscale * x[i])
+        l = max(-nmax, min(nmax - 1, l))
+        L[i] = l + nmax
+    return _ONE / iscale
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
+    """make_qkx2_quants: asymmetric (scale, min) search. L, Laux are uint8. Returns (scale, the_min)."""
+    min_ = x[0]
+    max_ = x[0]
+    sum_w = weights[0]
+    sum_x = sum_w * x[0]
+    for i in range(1, n):
+        if x[i] < min_:
+            min_ = x[i]
+        if x[i] > max_:
+            max_ = x[i]
+        w = weights[i]
+        sum_w += w
+        sum_x += w * x[i]
+    if min_ > _ZERO:
+        min_ = _ZERO
+    if max_ == min_:
+        for i in range(n):
+            L[i] = 0
+        return _ZERO, -min_
+    fnmax = f32(nmax)
+    iscale = fnmax / (max_ - min_)
+    scale = _ONE / iscale
+    best_error = _ZERO
+    for i in range(n):
+        l = nearest_int_fast(iscale * (x[i] - min_))
+        L[i] = max(0, min(nmax, l))
+        diff = scale * f32(L[i]) + min_ - x[i]
+        diff = abs(diff) if use_mad else diff * diff
+        best_error += weights[i] * diff
+    if nstep < 1:
+        return scale, -min_
+    for is_ in range(nstep + 1):
+        iscale = (rmin + rdelta * f32(is_) + fnmax) / (max_ - min_)
+        sum_l = _ZERO
+        sum_l2 = _ZERO
+        sum_xl = _ZERO
+        for i in range(n):
+            l = nearest_int_fast(iscale * (x[i] - min_))
+            l = max(0, min(nmax, l))
+            Laux[i] = l
+            w = weights[i]
+            fl = f32(l)
+            sum_l += w * fl
+            sum_l2 += w * fl * fl
+            sum_xl += w * fl * x[i]
+        D = sum_w * sum_l2 - sum_l * sum_l
+        if D > _ZERO:
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            if this_min > _ZERO:
+                this_min = _ZERO
+                this_scale = sum_xl / sum_l2
+            cur_error = _ZERO
+            for i in range(n):
+                diff = this_scale * f32(Laux[i]) + this_min - x[i]
+                diff = abs(diff) if use_mad else diff * diff
+                cur_error += weights[i] * diff
+            if cur_error < best_error:
+                for i in range(n):
+                    L[i] = Laux[i]
+                best_error = cur_error
+                scale = this_scale
+                min_ = this_min
+    return scale, -min_
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _qkx3_weight(x, i, weights):
+    if weights is not None:
+        return weights[i]
+    return x[i] * x[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
+    """make_qkx3_quants: as make_qkx2_quants, weights may be None (then x^2), `max <= min` test.
+    L, Laux are uint8. Returns (scale, the_min)."""
+    min_ = x[0]
+    max_ = x[0]
+    sum_w = _qkx3_weight(x, 0, weights)
+    sum_x = sum_w * x[0]
+    for i in range(1, n):
+        if x[i] < min_:
+            min_ = x[i]
+        if x[i] > max_:
+            max_ = x[i]
+        w = _qkx3_weight(x, i, weights)
+        sum_w += w
+        sum_x += w * x[i]
+    if min_ > _ZERO:
+        min_ = _ZERO
+    if max_ <= min_:
+        for i in range(n):
+            L[i] = 0
+        return _ZERO, -min_
+    fnmax = f32(nmax)
+    iscale = fnmax / (max_ - min_)
+    scale = _ONE / iscale
+    best_mad = _ZERO
+    for i in range(n):
+        l = nearest_int_fast(iscale * (x[i] - min_))
+        L[i] = max(0, min(nmax, l))
+        diff = scale * f32(L[i]) + min_ - x[i]
+        diff = abs(diff) if use_mad else diff * diff
+        best_mad += _qkx3_weight(x, i, weights) * diff
+    if nstep < 1:
+        return scale, -min_
+    for is_ in range(nstep + 1):
+        iscale = (rmin + rdelta * f32(is_) + fnmax) / (max_ - min_)
+        sum_l = _ZERO
+        sum_l2 = _ZERO
+        sum_xl = _ZERO
+        for i in range(n):
+            l = nearest_int_fast(iscale * (x[i] - min_))
+            l = max(0, min(nmax, l))
+            Laux[i] = l
+            w = _qkx3_weight(x, i, weights)
+            fl = f32(l)
+            sum_l += w * fl
+            sum_l2 += w * fl * fl
+            sum_xl += w * fl * x[i]
+        D = sum_w * sum_l2 - sum_l * sum_l
+        if D > _ZERO:
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            if this_min > _ZERO:
+                this_min = _ZERO
+                this_scale = sum_xl / sum_l2
+            mad = _ZERO
+            for i in range(n):
+                diff = this_scale * f32(Laux[i]) + this_min - x[i]
+                diff = abs(diff) if use_mad else diff * diff
+                mad += _qkx3_weight(x, i, weights) * diff
+            if mad < best_mad:
+                for i in range(n):
+                    L[i] = Laux[i]
+                best_mad = mad
+                scale = this_scale
+                min_ = this_min
+    return scale, -min_
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def make_qp_quants(n, nmax, x, L, quant_weights):
+    """make_qp_quants: non-negative scale search for the sub-block scales/mins of K-quants.
+    L is uint8 (a negative level wraps, as in the C)."""
+    max_ = _ZERO
+    for i in range(n):
+        max_ = max_ if max_ > x[i] else x[i]  # C's MAX macro
+    if max_ < GROUP_MAX_EPS:  # all zero
+        for i in range(n):
+            L[i] = 0
+        return _ZERO
+    fnmax = f32(nmax)
+    iscale = fnmax / max_
+    for i in range(n):
+        L[i] = _u8(nearest_int_fast(iscale * x[i]))
+    scale = _ONE / iscale
+    best_mse = _ZERO
+    for i in range(n):
+        diff = x[i] - scale * f32(L[i])
+        w = quant_weights[i]
+        best_mse += w * diff * diff
+    for is_ in range(-4, 5):
+        if is_ == 0:
+            continue
+        iscale_is = (_TENTH * f32(is_) + fnmax) / max_
+        scale_is = _ONE / iscale_is
+        mse = _ZERO
+        for i in range(n):
+            l = nearest_int_fast(iscale_is * x[i])
+            l = min(nmax, l)
+            diff = x[i] - scale_is * f32(l)
+            w = quant_weights[i]
+            mse += w * diff * diff
+        if mse < best_mse:
+            best_mse = mse
+            iscale = iscale_is
+    sumlx = _ZERO
+    suml2 = _ZERO
+    for i in range(n):
+        l = nearest_int_fast(iscale * x[i])
+        l = min(nmax, l)
+        L[i] = _u8(l)
+        w = quant_weights[i]
+        fl = f32(L[i])
+        sumlx += w * x[i] * fl
+        suml2 += w * fl * fl
+    for itry in range(5):
+        n_changed = 0
+        for i in range(n):
+            w = quant_weights[i]
+            fLi = f32(L[i])
+            slx = sumlx - w * x[i] * fLi
+            sl2 = suml2 - w * fLi * fLi
+            if slx > _ZERO and sl2 > _ZERO:
+                new_l = nearest_int_fast(x[i] * sl2 / slx)
+                new_l = min(nmax, new_l)
+                if new_l != L[i]:
+                    fnew = f32(new_l)
+                    slx += w * x[i] * fnew
+                    sl2 += w * fnew * fnew
+                    if slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = _u8(new_l)
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if n_changed == 0:
+            break
+    return sumlx / suml2 if suml2 > _ZERO else _ZERO
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def get_scale_min_k4(j, q, off):
+    """get_scale_min_k4: the 6-bit scale and min of sub-block j from the 12 packed bytes q[off:off+12]."""
+    if j < 4:
+        d = np.int64(q[off + j]) & 63
+        m = np.int64(q[off + j + 4]) & 63
+    else:
+        d = (np.int64(q[off + j + 4]) & 0xF) | ((np.int64(q[off + j - 4]) >> 6) << 4)
+        m = (np.int64(q[off + j + 4]) >> 4) | ((np.int64(q[off + j - 0]) >> 6) << 4)
+    return d, m

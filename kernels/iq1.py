@@ -1,0 +1,636 @@
+"""IQ1_S and IQ1_M: ternary (-1, 0, 1) weights in groups of 8 drawn from the 2048-point iq1s grid,
+plus a per-group shift of +-IQ1S_DELTA (quantize_row_iq1_s_impl / quantize_row_iq1_m_impl).
+
+The grid comes from the gguf package at run time. The lookup tables llama.cpp builds in
+iq2xs_init_impl(GGML_TYPE_IQ1_S) (kmap: 2-bit pattern -> grid index, and for patterns off the grid
+the list of nearest grid points) are rebuilt here with the same contents and order.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf.quants import IQ1_S as _GGUF_IQ1_S
+from numba import njit, prange
+
+from . import Kernel
+from .common import fp16_to_fp32, fp32_to_fp16, nearest_int
+
+f32 = np.float32
+
+QK_K = 256
+NGRID_IQ1S = 2048
+KMAP_SIZE = 43692  # 0xAAAA + 2: every pattern of eight 2-bit values 0..2
+NWANT = 3  # iq2xs_init_impl keeps the grid points at the 3 smallest distances for IQ1_S / IQ1_M
+IQ1S_BLOCK_SIZE = 32
+IQ1M_BLOCK_SIZE = 16
+IQ1S_BLOCK_BYTES = 2 + QK_K // 8 + QK_K // 16  # 50
+IQ1M_BLOCK_BYTES = QK_K // 8 + QK_K // 16 + QK_K // 32  # 56
+
+IQ1S_DELTA = f32(0.125)
+GROUP_MAX_EPS_IQ1_S = f32(1e-12)
+GROUP_MAX_EPS_IQ1_M = f32(1e-7)
+FLT_MAX = f32(np.finfo(np.float32).max)
+F0 = f32(0.0)
+F1 = f32(1.0)
+F2 = f32(2.0)
+F15 = f32(15.0)
+HALF = f32(0.5)
+IQ1S_FUDGE = f32(1.125)
+IQ1M_FUDGE = f32(1.1125)
+FQK_K = f32(QK_K)
+
+
+# ---------------------------------------------------------------- tables (iq2xs_init_impl)
+
+def _build_tables(kgrid):
+    """iq2xs_init_impl for the iq1s grid: (grid_l, kmap, neighbours).
+
+    grid_l[j] holds grid point j's eight digits l (the C's point 2l+1). kmap[u] is the grid index
+    of the 2-bit pattern u, or -(offset + 1) into neighbours, where a list starts with its length.
+    A pattern off the grid lists the grid points whose squared distance is among the NWANT smallest
+    distinct distances, in the C's qsort order of (distance, grid index). Only patterns whose
+    digits are all 0..2 can come out of the 3-level split, so only those get a list; the others (a
+    digit 3) point at a final empty list and are never looked up. Plain NumPy: it runs once, fast
+    with or without the JIT.
+    """
+    ngrid = kgrid.size
+    bit = 2 * np.arange(8)
+    grid_l = ((kgrid.astype(np.int64)[:, None] >> bit) & 3).astype(np.int8)  # (ngrid, 8)
+    kmap = np.full(KMAP_SIZE, -1, np.int32)
+    kmap[kgrid] = np.arange(ngrid, dtype=np.int32)
+    digits = (np.arange(KMAP_SIZE)[:, None] >> bit) & 3  # (KMAP_SIZE, 8)
+    off_grid = np.nonzero((kmap < 0) & (digits != 3).all(axis=1))[0]
+    lists = []
+    for chunk in np.array_split(off_grid, max(1, off_grid.size // 1024)):
+        pos = digits[chunk]  # (c, 8)
+        d2 = np.zeros((chunk.size, ngrid), np.int32)
+        for k in range(8):
+            diff = 2 * grid_l[None, :, k].astype(np.int32) - 2 * pos[:, k, None].astype(np.int32)
+            d2 += diff * diff
+        # the NWANT-th smallest distinct distance of each row, from which distances occur at all
+        present = np.zeros((chunk.size, int(d2.max()) + 1), np.bool_)
+        present[np.arange(chunk.size)[:, None], d2] = True
+        nth = np.argmax(np.cumsum(present, axis=1) >= NWANT, axis=1)
+        nth[present.sum(axis=1) < NWANT] = present.shape[1]
+        for r in range(chunk.size):
+            sel = np.nonzero(d2[r] <= nth[r])[0]  # grid index ascending ...
+            lists.append(sel[np.argsort(d2[r, sel], kind="stable")])  # ... within each distance
+    total = sum(1 + lst.size for lst in lists)
+    neighbours = np.zeros(total + 1, np.uint16)  # + the empty list of unreachable patterns
+    kmap[kmap < 0] = -(total + 1)
+    counter = 0
+    for u, lst in zip(off_grid, lists):
+        kmap[u] = -(counter + 1)
+        neighbours[counter] = lst.size
+        neighbours[counter + 1:counter + 1 + lst.size] = lst
+        counter += 1 + lst.size
+    return grid_l, kmap, neighbours
+
+
+def iq1s_kgrid():
+    """kgrid_1bit_2048: the gguf IQ1_S grid, each point's eight digits (-1, 0, 1) -> 2-bit 0..2."""
+    _GGUF_IQ1_S.init_grid()
+    g = np.asarray(_GGUF_IQ1_S.grid, dtype=np.float32).reshape(NGRID_IQ1S, 8)
+    digits = (g + 1).astype(np.uint16)
+    return np.bitwise_or.reduce(digits << (2 * np.arange(8, dtype=np.uint16)), axis=1).astype(np.uint16)
+
+
+@lru_cache(maxsize=1)
+def iq1_tables():
+    """(grid_l int8 (2048, 8) digits 0..2, kmap int32 (43692,), neighbours uint16): built once."""
+    return _build_tables(iq1s_kgrid())
+
+
+# ---------------------------------------------------------------- shared pieces
+
+@njit(cache=True, nogil=True)
+def _stable_sort(xs, idx, n):
+    # glibc qsort on these small arrays is a merge sort, so equal values keep their order: any stable
+    # sort on the float key gives the same permutation (iq1_sort_helper compares the value only).
+    for j in range(1, n):
+        v = xs[j]
+        t = idx[j]
+        i = j
+        while i > 0 and xs[i - 1] > v:
+            xs[i] = xs[i - 1]
+            idx[i] = idx[i - 1]
+            i -= 1
+        xs[i] = v
+        idx[i] = t
+
+
+@njit(cache=True, nogil=True)
+def _find_best_neighbour2(neighbours, start, grid_l, x, xo, weight, wo, scale, xg, L, lo):
+    """iq1_find_best_neighbour2: grid point nearest (weighted) to x[xo:xo+8] at this scale, in
+    neighbour-list order, first minimum wins. Writes its digits to L[lo:lo+8]."""
+    num_neighbors = np.int64(neighbours[start])
+    best_score = FLT_MAX
+    grid_index = -1
+    for j in range(1, num_neighbors + 1):
+        g = np.int64(neighbours[start + j])
+        d2 = F0
+        for i in range(8):
+            q = xg[grid_l[g, i]]
+            w = weight[wo + i]
+            diff = scale * q - x[xo + i]
+            d2 += w * diff * diff
+        if d2 < best_score:
+            best_score = d2
+            grid_index = g
+    if grid_index < 0:
+        # The C fallback scans the whole grid but reads xval[i] with i the grid index, i.e. input
+        # beyond the group; we read the same input where it exists (x is the whole chunk).
+        for i in range(grid_l.shape[0]):
+            d2 = F0
+            for j in range(8):
+                w = weight[wo + j]
+                q = xg[grid_l[i, j]]
+                xv = x[xo + i] if xo + i < x.size else f32(np.nan)
+                diff = scale * q - xv
+                d2 += w * diff * diff
+            if d2 < best_score:
+                best_score = d2
+                grid_index = i
+    if grid_index < 0:
+        raise ValueError("IQ1: no grid point found (ggml aborts here: GGML_ASSERT(grid_index >= 0))")
+    for i in range(8):
+        L[lo + i] = grid_l[grid_index, i]
+    return grid_index
+
+
+# ---------------------------------------------------------------- IQ1_S
+
+# IQ1_S: 256 weights per 50-byte block (d: fp16; qs: 32 low grid-index bytes; qh: 8 x uint16 with
+# 3 index bits per group of 8, 3-bit scale, delta sign bit); mirrors quantize_row_iq1_s_impl.
+@njit(cache=True, nogil=True)
+def _quantize_iq1_s_block(x, xo, qw, y, yo, grid_l, kmap, neighbours, x_p, x_m,
+                          scales, weight, sumx, sumw, xs, idx, L, index, shifts, qh):
+    block_size = IQ1S_BLOCK_SIZE
+    max_scale = F0
+    sumx2 = F0
+    for i in range(QK_K):
+        sumx2 += x[xo + i] * x[xo + i]
+    sigma2 = F2 * sumx2 / FQK_K
+    for ib in range(QK_K // block_size):
+        xb = xo + block_size * ib
+        qh[ib] = 0
+        for i in range(block_size):
+            weight[i] = qw[block_size * ib + i] * np.sqrt(sigma2 + x[xb + i] * x[xb + i])
+        amax = abs(x[xb])
+        for i in range(1, block_size):
+            a = abs(x[xb + i])
+            amax = amax if amax > a else a
+        if amax < GROUP_MAX_EPS_IQ1_S:
+            scales[ib] = F0
+            shifts[ib] = 1
+            continue
+        # Exhaustive search of the two split points over the values sorted ascending.
+        for j in range(block_size):
+            xs[j] = x[xb + j]
+            idx[j] = j
+        _stable_sort(xs, idx, block_size)
+        sumx[0] = F0
+        sumw[0] = F0
+        for j in range(block_size):
+            i = idx[j]
+            sumx[j + 1] = sumx[j] + weight[i] * x[xb + i]
+            sumw[j + 1] = sumw[j] + weight[i]
+        best_score = -FLT_MAX
+        scale = amax
+        besti1 = -1
+        besti2 = -1
+        best_shift = 0
+        for i1 in range(block_size + 1):
+            for i2 in range(i1, block_size + 1):
+                sumqx = ((sumx[i1] - sumx[0]) * x_p[0] + (sumx[i2] - sumx[i1]) * x_p[1]
+                         + (sumx[block_size] - sumx[i2]) * x_p[2])
+                sumq2 = ((sumw[i1] - sumw[0]) * x_p[0] * x_p[0] + (sumw[i2] - sumw[i1]) * x_p[1] * x_p[1]
+                         + (sumw[block_size] - sumw[i2]) * x_p[2] * x_p[2])
+                if sumq2 > F0 and sumqx * sumqx > best_score * sumq2:
+                    scale = sumqx / sumq2
+                    best_score = scale * sumqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_shift = 1
+                sumqx = ((sumx[i1] - sumx[0]) * x_m[0] + (sumx[i2] - sumx[i1]) * x_m[1]
+                         + (sumx[block_size] - sumx[i2]) * x_m[2])
+                sumq2 = ((sumw[i1] - sumw[0]) * x_m[0] * x_m[0] + (sumw[i2] - sumw[i1]) * x_m[1] * x_m[1]
+                         + (sumw[block_size] - sumw[i2]) * x_m[2] * x_m[2])
+                if sumq2 > F0 and sumqx * sumqx > best_score * sumq2:
+                    scale = sumqx / sumq2
+                    best_score = scale * sumqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_shift = -1
+        if besti1 < 0 or besti2 < 0 or best_shift == 0:
+            scales[ib] = F0
+            shifts[ib] = 1
+            continue
+        for j in range(besti1):
+            L[idx[j]] = 0
+        for j in range(besti1, besti2):
+            L[idx[j]] = 1
+        for j in range(besti2, block_size):
+            L[idx[j]] = 2
+        if scale < F0:
+            for j in range(block_size):
+                L[j] = 2 - L[j]
+            scale = -scale
+            best_shift = -best_shift
+        all_on_grid = True
+        xx = x_p if best_shift == 1 else x_m
+        for k in range(block_size // 8):
+            u = 0
+            for j in range(8):
+                u |= np.int64(L[8 * k + j]) << (2 * j)
+            grid_index = np.int64(kmap[u])
+            if grid_index < 0:
+                all_on_grid = False
+                grid_index = _find_best_neighbour2(neighbours, -grid_index - 1, grid_l, x, xb + 8 * k,
+                                                   weight, 8 * k, scale, xx, L, 8 * k)
+            index[k] = grid_index
+        if not all_on_grid:
+            sumqx = F0
+            sumq2 = F0
+            for k in range(block_size // 8):
+                for j in range(8):
+                    w = weight[8 * k + j]
+                    q = xx[grid_l[index[k], j]]
+                    sumqx += w * q * x[xb + 8 * k + j]
+                    sumq2 += w * q * q
+            if sumqx > F0 and sumq2 > F0:
+                scale = sumqx / sumq2
+        h = 0
+        for k in range(block_size // 8):
+            y[yo + 2 + (block_size // 8) * ib + k] = index[k] & 255
+            h |= (index[k] >> 8) << (3 * k)
+        qh[ib] = h
+        scales[ib] = scale
+        shifts[ib] = best_shift
+        max_scale = max_scale if max_scale > scale else scale
+
+    if max_scale != F0:
+        d = max_scale / F15
+        dh = fp32_to_fp16(d * IQ1S_FUDGE)
+        y[yo] = dh & 255
+        y[yo + 1] = dh >> 8
+        id = F1 / d
+        for ib in range(QK_K // block_size):
+            l = nearest_int(HALF * (id * scales[ib] - F1))
+            l = max(0, min(7, l))
+            if shifts[ib] == -1:
+                l |= 8
+            qh[ib] |= l << 12
+    for ib in range(QK_K // block_size):
+        y[yo + 34 + 2 * ib] = qh[ib] & 255
+        y[yo + 35 + 2 * ib] = (qh[ib] >> 8) & 255
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _quantize_iq1_s_rows(x2, qw, grid_l, kmap, neighbours):
+    nrows, n = x2.shape
+    nb = n // QK_K
+    x = x2.reshape(-1)
+    out = np.zeros((nrows, nb * IQ1S_BLOCK_BYTES), np.uint8)
+    x_p = np.array([-F1 + IQ1S_DELTA, IQ1S_DELTA, F1 + IQ1S_DELTA], np.float32)
+    x_m = np.array([-F1 - IQ1S_DELTA, -IQ1S_DELTA, F1 - IQ1S_DELTA], np.float32)
+    for r in prange(nrows):
+        scales = np.empty(QK_K // IQ1S_BLOCK_SIZE, np.float32)
+        weight = np.empty(IQ1S_BLOCK_SIZE, np.float32)
+        sumx = np.empty(IQ1S_BLOCK_SIZE + 1, np.float32)
+        sumw = np.empty(IQ1S_BLOCK_SIZE + 1, np.float32)
+        xs = np.empty(IQ1S_BLOCK_SIZE, np.float32)
+        idx = np.empty(IQ1S_BLOCK_SIZE, np.int64)
+        L = np.empty(IQ1S_BLOCK_SIZE, np.int8)
+        index = np.empty(IQ1S_BLOCK_SIZE // 8, np.int64)
+        shifts = np.empty(QK_K // IQ1S_BLOCK_SIZE, np.int64)
+        qh = np.empty(QK_K // IQ1S_BLOCK_SIZE, np.int64)
+        row = out[r]
+        for ibl in range(nb):
+            _quantize_iq1_s_block(x, r * n + ibl * QK_K, qw[ibl * QK_K:(ibl + 1) * QK_K], row, ibl * IQ1S_BLOCK_BYTES,
+                                  grid_l, kmap, neighbours, x_p, x_m,
+                                  scales, weight, sumx, sumw, xs, idx, L, index, shifts, qh)
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _dequantize_iq1_s_rows(blob, n, grid_l):
+    # dequantize_row_iq1_s: y = d*(2*scale+1) * (grid + delta)
+    nrows = blob.shape[0]
+    nb = n // QK_K
+    y = np.empty((nrows, n), np.float32)
+    for r in prange(nrows):
+        for i in range(nb):
+            bo = i * IQ1S_BLOCK_BYTES
+            d = fp16_to_fp32(np.uint16(blob[r, bo]) | (np.uint16(blob[r, bo + 1]) << np.uint16(8)))
+            for ib in range(QK_K // 32):
+                qh = np.int64(blob[r, bo + 34 + 2 * ib]) | (np.int64(blob[r, bo + 35 + 2 * ib]) << 8)
+                dl = d * f32(2 * ((qh >> 12) & 7) + 1)
+                delta = -IQ1S_DELTA if qh & 0x8000 else IQ1S_DELTA
+                for l in range(4):
+                    g = np.int64(blob[r, bo + 2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)
+                    for j in range(8):
+                        y[r, i * QK_K + 32 * ib + 8 * l + j] = dl * (f32(grid_l[g, j] - 1) + delta)
+    return y
+
+
+def quantize_iq1_s(rows, imatrix=None):
+    if imatrix is None:
+        raise ValueError("IQ1_S needs an importance matrix (ggml_quantize_chunk asserts imatrix != NULL)")
+    grid_l, kmap, neighbours = iq1_tables()
+    return _quantize_iq1_s_rows(rows, imatrix, grid_l, kmap, neighbours)
+
+
+def dequantize_iq1_s(blob, n_per_row):
+    return _dequantize_iq1_s_rows(blob, n_per_row, iq1_tables()[0])
+
+
+# ---------------------------------------------------------------- IQ1_M
+
+# IQ1_M: 256 weights per 56-byte block (qs: 32 low grid-index bytes; qh: 16 bytes, per group of 8
+# 3 index bits + delta sign bit; scales: 4 x uint16 of 3-bit scales whose top nibbles hold the fp16
+# super-scale); mirrors quantize_row_iq1_m_impl. Without an imatrix the weights are x*x.
+@njit(cache=True, nogil=True)
+def _quantize_iq1_m_block(x, xo, qw, has_qw, y, yo, grid_l, kmap, neighbours, x_p, x_m,
+                          scales, weight, xs, idx, L, index, shifts, px, pw, sumqx, sumq2, cq):
+    block_size = IQ1M_BLOCK_SIZE
+    # shifts (best_k) -> qh bits: 0: +,+  1: +,-  2: -,+  3: -,-
+    max_scale = F0
+    sumx2 = F0
+    for i in range(QK_K):
+        sumx2 += x[xo + i] * x[xo + i]
+    sigma2 = F2 * sumx2 / FQK_K
+    p2 = x_p[2]
+    m2 = x_m[2]
+    cp1 = cq[0]
+    cp2 = cq[1]
+    cm1 = cq[2]
+    cm2 = cq[3]
+    for ib in range(QK_K // block_size):
+        xb = xo + block_size * ib
+        if has_qw:
+            for i in range(block_size):
+                weight[i] = qw[block_size * ib + i] * np.sqrt(sigma2 + x[xb + i] * x[xb + i])
+        else:
+            for i in range(block_size):
+                weight[i] = x[xb + i] * x[xb + i]
+        amax = abs(x[xb])
+        for i in range(1, block_size):
+            a = abs(x[xb + i])
+            amax = amax if amax > a else a
+        if amax < GROUP_MAX_EPS_IQ1_M:
+            scales[ib] = F0
+            shifts[ib] = 0
+            continue
+        for j in range(block_size):
+            xs[j] = x[xb + j]
+            idx[j] = j
+        _stable_sort(xs, idx, block_size)
+        best_score = -FLT_MAX
+        scale = amax
+        besti1 = -1
+        besti2 = -1
+        best_k = -1
+        # Prefix sums per half of the group (each half has its own shift); a split's sums then
+        # collapse to T*v[2] - px[i1] - px[i2], as in the C.
+        px[0, 0] = F0
+        px[1, 0] = F0
+        pw[0, 0] = F0
+        pw[1, 0] = F0
+        for j in range(block_size):
+            i = idx[j]
+            h = 0 if i < block_size // 2 else 1
+            px[h, j + 1] = px[h, j] + weight[i] * x[xb + i]
+            px[1 - h, j + 1] = px[1 - h, j]
+            pw[h, j + 1] = pw[h, j] + weight[i]
+            pw[1 - h, j + 1] = pw[1 - h, j]
+        txs0 = px[0, block_size]
+        txs1 = px[1, block_size]
+        tws0 = pw[0, block_size]
+        tws1 = pw[1, block_size]
+        tp0 = txs0 * p2
+        tp1 = txs1 * p2
+        tm0 = txs0 * m2
+        tm1 = txs1 * m2
+        wp0 = tws0 * p2 * p2
+        wp1 = tws1 * p2 * p2
+        wm0 = tws0 * m2 * m2
+        wm1 = tws1 * m2 * m2
+        for i1 in range(block_size + 1):
+            for i2 in range(i1, block_size + 1):
+                sx0 = px[0, i1] + px[0, i2]
+                sx1 = px[1, i1] + px[1, i2]
+                qx_p0 = tp0 - sx0
+                qx_m0 = tm0 - sx0
+                qx_p1 = tp1 - sx1
+                qx_m1 = tm1 - sx1
+                q2_p0 = wp0 + pw[0, i1] * cp1 + pw[0, i2] * cp2
+                q2_m0 = wm0 + pw[0, i1] * cm1 + pw[0, i2] * cm2
+                q2_p1 = wp1 + pw[1, i1] * cp1 + pw[1, i2] * cp2
+                q2_m1 = wm1 + pw[1, i1] * cm1 + pw[1, i2] * cm2
+                sumqx[0] = qx_p0 + qx_p1
+                sumqx[1] = qx_p0 + qx_m1
+                sumqx[2] = qx_m0 + qx_p1
+                sumqx[3] = qx_m0 + qx_m1
+                sumq2[0] = q2_p0 + q2_p1
+                sumq2[1] = q2_p0 + q2_m1
+                sumq2[2] = q2_m0 + q2_p1
+                sumq2[3] = q2_m0 + q2_m1
+                for k in range(4):
+                    if sumq2[k] > F0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
+                        scale = sumqx[k] / sumq2[k]
+                        best_score = scale * sumqx[k]
+                        besti1 = i1
+                        besti2 = i2
+                        best_k = k
+        if besti1 < 0 or besti2 < 0 or best_k < 0:
+            scales[ib] = F0
+            shifts[ib] = 0
+            continue
+        for j in range(besti1):
+            L[idx[j]] = 0
+        for j in range(besti1, besti2):
+            L[idx[j]] = 1
+        for j in range(besti2, block_size):
+            L[idx[j]] = 2
+        if scale < F0:
+            for j in range(block_size):
+                L[j] = 2 - L[j]
+            scale = -scale
+            best_k = 3 - best_k  # 0 <-> 3, 1 <-> 2
+        all_on_grid = True
+        for k in range(block_size // 8):
+            if k == 0:
+                xx = x_p if best_k < 2 else x_m
+            else:
+                xx = x_p if best_k % 2 == 0 else x_m
+            u = 0
+            for j in range(8):
+                u |= np.int64(L[8 * k + j]) << (2 * j)
+            grid_index = np.int64(kmap[u])
+            if grid_index < 0:
+                all_on_grid = False
+                grid_index = _find_best_neighbour2(neighbours, -grid_index - 1, grid_l, x, xb + 8 * k,
+                                                   weight, 8 * k, scale, xx, L, 8 * k)
+            index[k] = grid_index
+        if not all_on_grid:
+            sumqx_f = F0
+            sumq2_f = F0
+            for k in range(block_size // 8):
+                if k == 0:
+                    xx = x_p if best_k < 2 else x_m
+                else:
+                    xx = x_p if best_k % 2 == 0 else x_m
+                for j in range(8):
+                    w = weight[8 * k + j]
+                    q = xx[grid_l[index[k], j]]
+                    sumqx_f += w * q * x[xb + 8 * k + j]
+                    sumq2_f += w * q * q
+            if sumqx_f > F0 and sumq2_f > F0:
+                scale = sumqx_f / sumq2_f
+        y[yo + 2 * ib] = index[0] & 255
+        y[yo + 2 * ib + 1] = index[1] & 255
+        y[yo + 32 + ib] = (index[0] >> 8) | ((index[1] >> 8) << 4)
+        scales[ib] = scale
+        shifts[ib] = best_k
+        max_scale = max_scale if max_scale > scale else scale
+
+    if max_scale == F0:
+        return
+    sc0 = 0
+    sc1 = 0
+    sc2 = 0
+    sc3 = 0
+    d = max_scale / F15
+    id = F1 / d
+    sumqx_f = F0
+    sumq2_f = F0
+    for ib in range(QK_K // block_size):
+        l = nearest_int(HALF * (id * scales[ib] - F1))
+        l = max(0, min(7, l))
+        v = l << (3 * (ib % 4))
+        if ib // 4 == 0:
+            sc0 |= v
+        elif ib // 4 == 1:
+            sc1 |= v
+        elif ib // 4 == 2:
+            sc2 |= v
+        else:
+            sc3 |= v
+        s = shifts[ib]
+        qh = np.int64(y[yo + 32 + ib]) | (0x80 if s == 1 else 0x08 if s == 2 else 0x88 if s == 3 else 0)
+        y[yo + 32 + ib] = qh
+        xb = xo + block_size * ib
+        if has_qw:
+            for i in range(block_size):
+                weight[i] = qw[block_size * ib + i] * np.sqrt(sigma2 + x[xb + i] * x[xb + i])
+        else:
+            for i in range(block_size):
+                weight[i] = x[xb + i] * x[xb + i]
+        ql = f32(2 * l + 1)
+        for k in range(block_size // 8):
+            if k == 0:
+                xx = x_p if s < 2 else x_m
+            else:
+                xx = x_p if s % 2 == 0 else x_m
+            g = np.int64(y[yo + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
+            for j in range(8):
+                w = weight[8 * k + j]
+                q = xx[grid_l[g, j]] * ql
+                sumqx_f += w * q * x[xb + 8 * k + j]
+                sumq2_f += w * q * q
+    if sumq2_f > F0:
+        d = sumqx_f / sumq2_f
+    s16 = np.int64(fp32_to_fp16(d * IQ1M_FUDGE))
+    sc0 |= (s16 & 0x000F) << 12
+    sc1 |= (s16 & 0x00F0) << 8
+    sc2 |= (s16 & 0x0F00) << 4
+    sc3 |= s16 & 0xF000
+    so = yo + 48
+    y[so + 0] = sc0 & 255
+    y[so + 1] = sc0 >> 8
+    y[so + 2] = sc1 & 255
+    y[so + 3] = sc1 >> 8
+    y[so + 4] = sc2 & 255
+    y[so + 5] = sc2 >> 8
+    y[so + 6] = sc3 & 255
+    y[so + 7] = sc3 >> 8
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _quantize_iq1_m_rows(x2, qw, has_qw, grid_l, kmap, neighbours):
+    nrows, n = x2.shape
+    nb = n // QK_K
+    x = x2.reshape(-1)
+    out = np.zeros((nrows, nb * IQ1M_BLOCK_BYTES), np.uint8)
+    x_p = np.array([-F1 + IQ1S_DELTA, IQ1S_DELTA, F1 + IQ1S_DELTA], np.float32)  # IQ1M_DELTA == IQ1S_DELTA
+    x_m = np.array([-F1 - IQ1S_DELTA, -IQ1S_DELTA, F1 - IQ1S_DELTA], np.float32)
+    # cp1, cp2, cm1, cm2 of the C: x_p[0]^2 - x_p[1]^2, x_p[1]^2 - x_p[2]^2, same for x_m
+    cq = np.array([x_p[0] * x_p[0] - x_p[1] * x_p[1], x_p[1] * x_p[1] - x_p[2] * x_p[2],
+                   x_m[0] * x_m[0] - x_m[1] * x_m[1], x_m[1] * x_m[1] - x_m[2] * x_m[2]], np.float32)
+    for r in prange(nrows):
+        scales = np.empty(QK_K // IQ1M_BLOCK_SIZE, np.float32)
+        weight = np.empty(IQ1M_BLOCK_SIZE, np.float32)
+        xs = np.empty(IQ1M_BLOCK_SIZE, np.float32)
+        idx = np.empty(IQ1M_BLOCK_SIZE, np.int64)
+        L = np.empty(IQ1M_BLOCK_SIZE, np.int8)
+        index = np.empty(IQ1M_BLOCK_SIZE // 8, np.int64)
+        shifts = np.empty(QK_K // IQ1M_BLOCK_SIZE, np.int64)
+        px = np.empty((2, IQ1M_BLOCK_SIZE + 1), np.float32)
+        pw = np.empty((2, IQ1M_BLOCK_SIZE + 1), np.float32)
+        sumqx = np.empty(4, np.float32)
+        sumq2 = np.empty(4, np.float32)
+        row = out[r]
+        for ibl in range(nb):
+            _quantize_iq1_m_block(x, r * n + ibl * QK_K, qw[ibl * QK_K:(ibl + 1) * QK_K], has_qw, row,
+                                  ibl * IQ1M_BLOCK_BYTES, grid_l, kmap, neighbours, x_p, x_m,
+                                  scales, weight, xs, idx, L, index, shifts, px, pw, sumqx, sumq2, cq)
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _dequantize_iq1_m_rows(blob, n, grid_l):
+    # dequantize_row_iq1_m: the fp16 super-scale is reassembled from the top nibbles of the scales
+    nrows = blob.shape[0]
+    nb = n // QK_K
+    y = np.empty((nrows, n), np.float32)
+    for r in prange(nrows):
+        for i in range(nb):
+            bo = i * IQ1M_BLOCK_BYTES
+            sc = np.empty(4, np.int64)
+            for t in range(4):
+                sc[t] = np.int64(blob[r, bo + 48 + 2 * t]) | (np.int64(blob[r, bo + 49 + 2 * t]) << 8)
+            s16 = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000)
+            d = fp16_to_fp32(np.uint16(s16))
+            for ib in range(QK_K // 32):
+                dl1 = d * f32(2 * ((sc[ib // 2] >> (6 * (ib % 2) + 0)) & 7) + 1)
+                dl2 = d * f32(2 * ((sc[ib // 2] >> (6 * (ib % 2) + 3)) & 7) + 1)
+                qh0 = np.int64(blob[r, bo + 32 + 2 * ib])
+                qh1 = np.int64(blob[r, bo + 33 + 2 * ib])
+                for l in range(4):
+                    qh = qh0 if l < 2 else qh1
+                    shift = 8 if l % 2 == 0 else 4
+                    g = np.int64(blob[r, bo + 4 * ib + l]) | ((qh << shift) & 0x700)
+                    delta = -IQ1S_DELTA if qh & (0x08 if l % 2 == 0 else 0x80) else IQ1S_DELTA
+                    dl = dl1 if l < 2 else dl2
+                    for j in range(8):
+                        y[r, i * QK_K + 32 * ib + 8 * l + j] = dl * (f32(grid_l[g, j] - 1) + delta)
+    return y
+
+
+def quantize_iq1_m(rows, imatrix=None):
+    grid_l, kmap, neighbours = iq1_tables()
+    has_qw = imatrix is not None
+    qw = imatrix if has_qw else np.ones(rows.shape[1], np.float32)  # unused without an imatrix
+    return _quantize_iq1_m_rows(rows, qw, has_qw, grid_l, kmap, neighbours)
+
+
+def dequantize_iq1_m(blob, n_per_row):
+    return _dequantize_iq1_m_rows(blob, n_per_row, iq1_tables()[0])
+
+
+KERNELS = [
+    Kernel(T.IQ1_S, quantize_iq1_s, dequantize_iq1_s, needs_imatrix=True),
+    Kernel(T.IQ1_M, quantize_iq1_m, dequantize_iq1_m),
+]

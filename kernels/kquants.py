@@ -1,0 +1,843 @@
+"""Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: the K-quants, 256-weight super-blocks (ggml-quants.c).
+
+Without an imatrix ggml_quantize_chunk runs quantize_row_q*_K_ref; with one it runs
+quantize_row_q*_K_impl row by row (the imatrix covers one row). Each row function here mirrors
+one of those C functions over one row; block i occupies bytes y[i*bs:(i+1)*bs] of the row,
+fields little-endian in the order of ggml-common.h. Scratch arrays are allocated once per row.
+
+The fp16 super-block scales are rounded before the quants are computed from them, as in the C
+(GGML_FP16_TO_FP32(y[i].d) is read back); that value is computed once per block here.
+"""
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from numba import njit, prange
+
+from . import Kernel
+from .common import fp16_to_fp32, fp32_to_fp16
+from .solvers import (
+    GROUP_MAX_EPS,
+    get_scale_min_k4,
+    make_q3_quants,
+    make_qkx2_quants,
+    make_qkx3_quants,
+    make_qp_quants,
+    make_qx_quants,
+    nearest_int_fast,
+)
+
+f32 = np.float32
+
+QK_K = 256
+Q2_K_BYTES = 84  # scales: 16; qs: 64; d, dmin: fp16
+Q3_K_BYTES = 110  # hmask: 32; qs: 64; scales: 12; d: fp16
+Q4_K_BYTES = 144  # d, dmin: fp16; scales: 12; qs: 128
+Q5_K_BYTES = 176  # d, dmin: fp16; scales: 12; qh: 32; qs: 128
+Q6_K_BYTES = 210  # ql: 128; qh: 64; scales: 16 (int8); d: fp16
+Q8_K_BYTES = 292  # d: float32; qs: 256 (int8); bsums: 16 (int16)
+
+_ZERO = f32(0.0)
+_ONE = f32(1.0)
+_Q4SCALE = f32(15.0)  # q4scale in quantize_row_q2_K_ref
+_F63 = f32(63.0)
+_F32 = f32(32.0)
+_F256 = f32(256.0)
+_F2 = f32(2.0)
+_M32 = f32(-32.0)
+_M128 = f32(-128.0)
+_M127 = f32(-127.0)
+# (rmin, rdelta) of the make_qkx2/qkx3_quants calls
+_Q2_REF_RMIN, _Q2_REF_RDELTA = f32(-0.5), f32(0.1)
+_Q4_REF_RMIN, _Q4_REF_RDELTA = f32(-1.0), f32(0.1)
+_Q5_REF_RMIN, _Q5_REF_RDELTA = f32(-0.5), f32(0.1)
+_IMPL_RMIN, _IMPL_RDELTA = f32(-0.9), f32(0.05)
+
+
+@njit(cache=True, nogil=True)
+def _put_fp16(y, o, h):
+    y[o] = h & 0xFF
+    y[o + 1] = h >> 8
+
+
+@njit(cache=True, nogil=True)
+def _get_fp16(y, o):
+    return fp16_to_fp32(np.uint16(y[o]) | (np.uint16(y[o + 1]) << np.uint16(8)))
+
+
+@njit(cache=True, nogil=True)
+def _pack_2bit(L, y, o):
+    # qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | L[j+l+64] << 4 | L[j+l+96] << 6, j = 0, 128
+    for j in range(0, QK_K, 128):
+        for l in range(32):
+            y[o + j // 4 + l] = (np.int64(L[j + l]) | (np.int64(L[j + l + 32]) << 2)
+                                 | (np.int64(L[j + l + 64]) << 4) | (np.int64(L[j + l + 96]) << 6)) & 0xFF
+
+
+# ---------------------------------------------------------------------------------------------
+# Q2_K: 256 weights per 84-byte block (scales: 16 x (4-bit scale | 4-bit min << 4); qs: 64;
+# d, dmin: fp16). Mirrors quantize_row_q2_K_ref / quantize_row_q2_K_impl / dequantize_row_q2_K.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _q2_k_requantize(xb, y, o, L, dm, mm):
+    for j in range(QK_K // 16):
+        sc = np.int64(y[o + j])
+        d = dm * f32(sc & 0xF)
+        if d == _ZERO:
+            continue
+        m = mm * f32(sc >> 4)
+        for ii in range(16):
+            l = nearest_int_fast((xb[16 * j + ii] + m) / d)
+            L[16 * j + ii] = max(0, min(3, l))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _q2_k_row_ref(x, y):
+    nb = x.shape[0] // QK_K
+    L = np.zeros(QK_K, dtype=np.uint8)
+    Laux = np.zeros(16, dtype=np.uint8)
+    weights = np.empty(16, dtype=np.float32)
+    mins = np.empty(QK_K // 16, dtype=np.float32)
+    scales = np.empty(QK_K // 16, dtype=np.float32)
+    for i in range(nb):
+        xb = x[i * QK_K:(i + 1) * QK_K]
+        o = i * Q2_K_BYTES
+        max_scale = _ZERO  # as we are deducting the min, scales are always positive
+        max_min = _ZERO
+        for j in range(QK_K // 16):
+            for l in range(16):
+                weights[l] = abs(xb[16 * j + l])
+            scale, the_min = make_qkx2_quants(16, 3, xb[16 * j:16 * j + 16], weights, L[16 * j:16 * j + 16],
+                                              Laux, _Q2_REF_RMIN, _Q2_REF_RDELTA, 15, True)
+            scales[j] = scale
+            mins[j] = the_min
+            if scale > max_scale:
+                max_scale = scale
+            if the_min > max_min:
+                max_min = the_min
+        if max_scale > _ZERO:
+            iscale = _Q4SCALE / max_scale
+            for j in range(QK_K // 16):
+                y[o + j] = nearest_int_fast(iscale * scales[j]) & 0xFF
+            hd = fp32_to_fp16(max_scale / _Q4SCALE)
+        else:
+            for j in range(QK_K // 16):
+                y[o + j] = 0
+            hd = fp32_to_fp16(_ZERO)
+        if max_min > _ZERO:
+            iscale = _Q4SCALE / max_min
+            for j in range(QK_K // 16):
+                l = nearest_int_fast(iscale * mins[j])
+                y[o + j] = (np.int64(y[o + j]) | (np.int64(l) << 4)) & 0xFF
+            hm = fp32_to_fp16(max_min / _Q4SCALE)
+        else:
+            hm = fp32_to_fp16(_ZERO)
+        _q2_k_requantize(xb, y, o, L, fp16_to_fp32(hd), fp16_to_fp32(hm))
+        _pack_2bit(L, y, o + 16)
+        _put_fp16(y, o + 80, hd)
+        _put_fp16(y, o + 82, hm)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _q2_k_row_impl(x, y, quant_weights):
+    nb = x.shape[0] // QK_K
+    L = np.zeros(QK_K, dtype=np.uint8)
+    Laux = np.zeros(16, dtype=np.uint8)
+    mins = np.empty(QK_K // 16, dtype=np.float32)
+    scales = np.empty(QK_K // 16, dtype=np.float32)
+    sw = np.empty(QK_K // 16, dtype=np.float32)
+    weight = np.empty(16, dtype=np.float32)
+    Ls = np.zeros(QK_K // 16, dtype=np.uint8)
+    Lm = np.zeros(QK_K // 16, dtype=np.uint8)
+    for i in range(nb):
+        xb = x[i * QK_K:(i + 1) * QK_K]
+        o = i * Q2_K_BYTES
+        sumx2 = _ZERO
+        for j in range(QK_K):
+            sumx2 += xb[j] * xb[j]
+        sigma2 = sumx2 / _F256
+        for j in range(QK_K // 16):
+            qo = QK_K * i + 16 * j
+            for l in range(16):
+                weight[l] = quant_weights[qo + l] * np.sqrt(sigma2 + xb[16 * j + l] * xb[16 * j + l])
+            s = _ZERO
+            for l in range(16):
+                s += weight[l]
+            sw[j] = s
+            scale, the_min = make_qkx3_quants(16, 3, xb[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16],
+                                              Laux, _IMPL_RMIN, _IMPL_RDELTA, 36, False)
+            scales[j] = scale
+            mins[j] = the_min
+        dm = make_qp_quants(QK_K // 16, 15, scales, Ls, sw)
+        mm = make_qp_quants(QK_K // 16, 15, mins, Lm, sw)
+        hd = fp32_to_fp16(dm)
+        hm = fp32_to_fp16(mm)
+        for j in range(QK_K // 16):
+            y[o + j] = (np.int64(Ls[j]) | (np.int64(Lm[j]) << 4)) & 0xFF
+        _q2_k_requantize(xb, y, o, L, fp16_to_fp32(hd), fp16_to_fp32(hm))
+        _pack_2bit(L, y, o + 16)
+        _put_fp16(y, o + 80, hd)
+        _put_fp16(y, o + 82, hm)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q2_k_rows(x, quant_weights):
+    nrows, n = x.shape
+    y = np.empty((nrows, n // QK_K * Q2_K_BYTES), dtype=np.uint8)
+    for r in prange(nrows):
+        if quant_weights is None:
+            _q2_k_row_ref(x[r], y[r])
+        else:
+            _q2_k_row_impl(x[r], y[r], quant_weights)
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _q2_k_dequantize_row(b, y):
+    for i in range(y.shape[0] // QK_K):
+        o = i * Q2_K_BYTES
+        d = _get_fp16(b, o + 80)
+        min_ = _get_fp16(b, o + 82)
+        yo = i * QK_K
+        is_ = 0
+        for n in range(0, QK_K, 128):
+            q = o + 16 + n // 4
+            shift = 0
+            for j in range(4):
+                for half in range(2):
+                    sc = np.int64(b[o + is_])
+                    is_ += 1
+                    dl = d * f32(sc & 0xF)
+                    ml = min_ * f32(sc >> 4)
+                    for l in range(16):
+                        y[yo] = dl * f32((np.int64(b[q + 16 * half + l]) >> shift) & 3) - ml
+                        yo += 1
+                shift += 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Q3_K: 256 weights per 110-byte block (hmask: 32; qs: 64; scales: 12 (16 x 6-bit); d: fp16).
+# Mirrors quantize_row_q3_K_ref / quantize_row_q3_K_impl / dequantize_row_q3_K.
+
+
+@njit(cache=True, nogil=True)
+def _q3_k_put_scale(y, s, j, l):
+    # l in [0, 63]: low 4 bits in scales[j % 8] (high nibble for j >= 8), top 2 in scales[8 + j % 4]
+    if j < 8:
+        y[s + j] = l & 0xF
+    else:
+        y[s + j - 8] = y[s + j - 8] | ((l & 0xF) << 4)
+    l >>= 4
+    y[s + j % 4 + 8] = y[s + j % 4 + 8] | (l << (2 * (j // 4)))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _q3_k_finish(xb, y, o, L, hd):
+    """The common tail of both Q3_K paths: requantize with the fp16-rounded scales, then pack."""
+    s = o + 96
+    dall = fp16_to_fp32(hd)
+    for j in range(QK_K // 16):
+        sc = (np.int64(y[s + j]) & 0xF) if j < 8 else (np.int64(y[s + j - 8]) >> 4)
+        sc = (sc | (((np.int64(y[s + 8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
+        d = dall * f32(sc)
+        if d == _ZERO:
+            continue
+        for ii in range(16):
+            l = nearest_int_fast(xb[16 * j + ii] / d)
+            L[16 * j + ii] = max(-4, min(3, l)) + 4
+    # The high bit of the first 32 quants goes to bit 0 of hmask[0..31], the next 32 to bit 1, ...
+    for m in range(QK_K // 8):
+        y[o + m] = 0
+    m = 0
+    hm = 1
+    for j in range(QK_K):
+        if L[j] > 3:
+            y[o + m] = y[o + m] | hm
+            L[j] -= 4
+        m += 1
+        if m == QK_K // 8:
+            m = 0
+            hm <<= 1
+    _pack_2bit(L, y, o + 32)
+    _put_fp16(y, o + 108, hd)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _q3_k_row_ref(x, y):
+    nb = x.shape[0] // QK_K
+    L = np.zeros(QK_K, dtype=np.int8)
+    scales = np.empty(QK_K // 16, dtype=np.float32)
+    for i in range(nb):
+        xb = x[i * QK_K:(i + 1) * QK_K]
+        o = i * Q3_K_BYTES
+        s = o + 96
+        max_scale = _ZERO
+        amax = _ZERO
+        for j in range(QK_K // 16):
+            scales[j] = make_q3_quants(16, 4, xb[16 * j:16 * j + 16], L[16 * j:16 * j + 16], True)
+            scale = abs(scales[j])
+            if scale > amax:
+                amax = scale
+                max_scale = scales[j]
+        for k in range(12):
+            y[s + k] = 0
+        if max_scale != _ZERO:
+            iscale = _M32 / max_scale
+            for j in range(QK_K // 16):
+                l = ((nearest_int_fast(iscale * scales[j]) + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
+                l = max(-32, min(31, l)) + 32
+                _q3_k_put_scale(y, s, j, l)
+            hd = fp32_to_fp16(_ONE / iscale)
+        else:
+            hd = fp32_to_fp16(_ZERO)
+        _q3_k_finish(xb, y, o, L, hd)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _q3_k_row_impl(x, y, quant_weights):
+    nb = x.shape[0] // QK_K
+    L = np.zeros(QK_K, dtype=np.int8)
+    scales = np.empty(QK_K // 16, dtype=np.float32)
+    weight = np.empty(16, dtype=np.float32)
+    sw = np.empty(QK_K // 16, dtype=np.float32)
+    Ls = np.zeros(QK_K // 16, dtype=np.int8)
+    for i in range(nb):
+        xb = x[i * QK_K:(i + 1) * QK_K]
+        o = i * Q3_K_BYTES
+        s = o + 96
+        sumx2 = _ZERO
+        for j in range(QK_K):
+            sumx2 += xb[j] * xb[j]
+        sigma2 = _F2 * sumx2 / _F256
+        for j in range(QK_K // 16):
+            qo = QK_K * i + 16 * j
+            for l in range(16):
+                weight[l] = quant_weights[qo + l] * np.sqrt(sigma2 + xb[16 * j + l] * xb[16 * j + l])
+            sumw = _ZERO
+            for l in range(16):
+                sumw += weight[l]
+            sw[j] = sumw
+            scales[j] = make_qx_quants(16, 4, xb[16 * j:16 * j + 16], L[16 * j:16 * j + 16], 1, weight)
+        for k in range(12):
+            y[s + k] = 0
+        d_block = make_qx_quants(QK_K // 16, 32, scales, Ls, 1, sw)
+        for j in range(QK_K // 16):
+            _q3_k_put_scale(y, s, j, np.int64(Ls[j]))
+        _q3_k_finish(xb, y, o, L, fp32_to_fp16(d_block))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q3_k_rows(x, quant_weights):
+    nrows, n = x.shape
+    y = np.empty((nrows, n // QK_K * Q3_K_BYTES), dtype=np.uint8)
+    for r in prange(nrows):
+        if quant_weights is None:
+            _q3_k_row_ref(x[r], y[r])
+        else:
+            _q3_k_row_impl(x[r], y[r], quant_weights)
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _q3_k_dequantize_row(b, y):
+    scales = np.empty(16, dtype=np.int64)
+    for i in range(y.shape[0] // QK_K):
+        o = i * Q3_K_BYTES
+        s = o + 96
+        d_all = _get_fp16(b, o + 108)
+        for j in range(16):  # the 6-bit scales, as the kmask shuffle of dequantize_row_q3_K unpacks them
+            lo = (np.int64(b[s + j]) & 0xF) if j < 8 else (np.int64(b[s + j - 8]) >> 4)
+            scales[j] = (lo | (((np.int64(b[s + 8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
+        yo = i * QK_K
+        is_ = 0
+        m = 1
+        for n in range(0, QK_K, 128):
+            q = o + 32 + n // 4
+            shift = 0
+            for j in range(4):
+                for half in range(2):
+                    dl = d_all * f32(scales[is_])
+                    is_ += 1
+                    for l in range(16):
+                        k = 16 * half + l
+                        v = ((np.int64(b[q + k]) >> shift) & 3) - (0 if (np.int64(b[o + k]) & m) else 4)
+                        y[yo] = dl * f32(v)
+                        yo += 1
+                shift += 2
+                m <<= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_K: 256 weights per 144-byte block (d, dmin: fp16; scales: 12 (8 x 6-bit scale, 6-bit min);
+# qs: 128). Mirrors quantize_row_q4_K_ref / quantize_row_q4_K_impl / dequantize_row_q4_K.
+# Q5_K: 256 weights per 176-byte block (d, dmin: fp16; scales: 12; qh: 32; qs: 128).
+# Mirrors quantize_row_q5_K_ref / quantize_row_q5_K_impl / dequantize_row_q5_K.
+# The two share everything but nmax, the solver parameters and the final packing.
+
+
+@njit(cache=True, nogil=True)
+def _put_scale_min_k4(y, s, j, ls, lm):
+    # the inverse of get_scale_min_k4; ls, lm may exceed 63 on the imatrix path of Q4_K (C truncates)
+    if j < 4:
+        y[s + j] = ls & 0xFF
+        y[s + j + 4] = lm & 0xFF
+    else:
+        y[s + j + 4] = ((ls & 0xF) | ((lm & 0xF) << 4)) & 0xFF
+        y[s + j - 4] = (np.int64(y[s + j - 4]) | ((ls >> 4) << 6)) & 0xFF
+        y[s + j] = (np.int64(y[s + j]) | ((lm >> 4) << 6)) & 0xFF
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _k4_requantize(xb, y, o, L, nmax, hd, hm):
+    dall = fp16_to_fp32(hd)
+    mall = fp16_to_fp32(hm)
+    for j in range(QK_K // 32):
+        sc, m = get_scale_min_k4(j, y, o + 4)
+        d = dall * f32(sc)
+        if d == _ZERO:
+            continue
+        dm = mall * f32(m)
+        for ii in range(32):
+            l = nearest_int_fast((xb[32 * j + ii] + dm) / d)
+            L[32 * j + ii] = max(0, min(nmax, l))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
+    """quantize_row_q4_K_ref (nmax 15) / quantize_row_q5_K_ref (nmax 31) up to the packing of
+    the quants; calls pack(L, block) per block through the nmax switch."""
+    nb = x.shape[0] // QK_K
+    L = np.zeros(QK_K, dtype=np.uint8)
+    Laux = np.zeros(32, dtype=np.uint8)
+    weights = np.empty(32, dtype=np.float32)
+    mins = np.empty(QK_K // 32, dtype=np.float32)
+    scales = np.empty(QK_K // 32, dtype=np.float32)
+    for i in range(nb):
+        xb = x[i * QK_K:(i + 1) * QK_K]
+        o = i * bs
+        max_scale = _ZERO  # as we are deducting the min, scales are always positive
+        max_min = _ZERO
+        for j in range(QK_K // 32):
+            sum_x2 = _ZERO
+            for l in range(32):
+                sum_x2 += xb[32 * j + l] * xb[32 * j + l]
+            av_x = np.sqrt(sum_x2 / _F32)
+            for l in range(32):
+                weights[l] = av_x + abs(xb[32 * j + l])
+            scale, the_min = make_qkx2_quants(32, nmax, xb[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
+                                              Laux, rmin, rdelta, nstep, False)
+            scales[j] = scale
+            mins[j] = the_min
+            if scale > max_scale:
+                max_scale = scale
+            if the_min > max_min:
+                max_min = the_min
+        inv_scale = _F63 / max_scale if max_scale > _ZERO else _ZERO
+        inv_min = _F63 / max_min if max_min > _ZERO else _ZERO
+        for j in range(QK_K // 32):
+            ls = min(63, nearest_int_fast(inv_scale * scales[j]) & 0xFF)  # uint8_t ls = nearest_int(...)
+            lm = min(63, nearest_int_fast(inv_min * mins[j]) & 0xFF)
+            _put_scale_min_k4(y, o + 4, j, np.int64(ls), np.int64(lm))
+        hd = fp32_to_fp16(max_scale / _F63)
+        hm = fp32_to_fp16(max_min / _F63)
+        _k4_requantize(xb, y, o, L, nmax, hd, hm)
+        _put_fp16(y, o, hd)
+        _put_fp16(y, o + 2, hm)
+        if nmax == 15:
+            _pack_q4_k(L, y, o)
+        else:
+            _pack_q5_k(L, y, o)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _k4_row_impl(x, y, quant_weights, nmax, bs):
+    """quantize_row_q4_K_impl (nmax 15) / quantize_row_q5_K_impl (nmax 31), imatrix given."""
+    nb = x.shape[0] // QK_K
+    L = np.zeros(QK_K, dtype=np.uint8)
+    Laux = np.zeros(32, dtype=np.uint8)
+    Ls = np.zeros(QK_K // 32, dtype=np.uint8)
+    Lm = np.zeros(QK_K // 32, dtype=np.uint8)
+    weights = np.empty(32, dtype=np.float32)
+    sw = np.empty(QK_K // 32, dtype=np.float32)
+    mins = np.empty(QK_K // 32, dtype=np.float32)
+    scales = np.empty(QK_K // 32, dtype=np.float32)
+    for i in range(nb):
+        xb = x[i * QK_K:(i + 1) * QK_K]
+        o = i * bs
+        sum_x2 = _ZERO
+        for l in range(QK_K):
+            sum_x2 += xb[l] * xb[l]
+        sigma2 = _F2 * sum_x2 / _F256
+        for j in range(QK_K // 32):
+            qo = QK_K * i + 32 * j
+            for l in range(32):
+                weights[l] = quant_weights[qo + l] * np.sqrt(sigma2 + xb[32 * j + l] * xb[32 * j + l])
+            sumw = _ZERO
+            for l in range(32):
+                sumw += weights[l]
+            sw[j] = sumw
+            scale, the_min = make_qkx3_quants(32, nmax, xb[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
+                                              Laux, _IMPL_RMIN, _IMPL_RDELTA, 36, False)
+            scales[j] = scale
+            mins[j] = the_min
+        d_block = make_qp_quants(QK_K // 32, 63, scales, Ls, sw)
+        m_block = make_qp_quants(QK_K // 32, 63, mins, Lm, sw)
+        for j in range(QK_K // 32):
+            ls = np.int64(Ls[j])
+            lm = np.int64(Lm[j])
+            if nmax == 31:  # only quantize_row_q5_K_impl clamps here
+                ls = min(63, ls)
+                lm = min(63, lm)
+            _put_scale_min_k4(y, o + 4, j, ls, lm)
+        hd = fp32_to_fp16(d_block)
+        hm = fp32_to_fp16(m_block)
+        _k4_requantize(xb, y, o, L, nmax, hd, hm)
+        _put_fp16(y, o, hd)
+        _put_fp16(y, o + 2, hm)
+        if nmax == 15:
+            _pack_q4_k(L, y, o)
+        else:
+            _pack_q5_k(L, y, o)
+
+
+@njit(cache=True, nogil=True)
+def _pack_q4_k(L, y, o):
+    q = o + 16
+    for j in range(0, QK_K, 64):
+        for l in range(32):
+            y[q + l] = (np.int64(L[j + l]) | (np.int64(L[j + l + 32]) << 4)) & 0xFF
+        q += 32
+
+
+@njit(cache=True, nogil=True)
+def _pack_q5_k(L, y, o):
+    qh = o + 16
+    ql = o + 48
+    for j in range(32):
+        y[qh + j] = 0
+    m1 = 1
+    m2 = 2
+    for n in range(0, QK_K, 64):
+        for j in range(32):
+            l1 = np.int64(L[n + j])
+            if l1 > 15:
+                l1 -= 16
+                y[qh + j] = y[qh + j] | m1
+            l2 = np.int64(L[n + j + 32])
+            if l2 > 15:
+                l2 -= 16
+                y[qh + j] = y[qh + j] | m2
+            y[ql + j] = (l1 | (l2 << 4)) & 0xFF
+        m1 <<= 2
+        m2 <<= 2
+        ql += 32
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q4_k_rows(x, quant_weights):
+    nrows, n = x.shape
+    y = np.empty((nrows, n // QK_K * Q4_K_BYTES), dtype=np.uint8)
+    for r in prange(nrows):
+        if quant_weights is None:
+            _k4_row_ref(x[r], y[r], 15, Q4_K_BYTES, _Q4_REF_RMIN, _Q4_REF_RDELTA, 20)
+        else:
+            _k4_row_impl(x[r], y[r], quant_weights, 15, Q4_K_BYTES)
+    return y
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q5_k_rows(x, quant_weights):
+    nrows, n = x.shape
+    y = np.empty((nrows, n // QK_K * Q5_K_BYTES), dtype=np.uint8)
+    for r in prange(nrows):
+        if quant_weights is None:
+            _k4_row_ref(x[r], y[r], 31, Q5_K_BYTES, _Q5_REF_RMIN, _Q5_REF_RDELTA, 15)
+        else:
+            _k4_row_impl(x[r], y[r], quant_weights, 31, Q5_K_BYTES)
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _k4_dequantize_row(b, y, bs, high):
+    """dequantize_row_q4_K (high False) / dequantize_row_q5_K (high True: the qh bit adds 16)."""
+    for i in range(y.shape[0] // QK_K):
+        o = i * bs
+        d = _get_fp16(b, o)
+        min_ = _get_fp16(b, o + 2)
+        q = o + 48 if high else o + 16
+        yo = i * QK_K
+        is_ = 0
+        u1 = 1
+        u2 = 2
+        for j in range(0, QK_K, 64):
+            sc, m = get_scale_min_k4(is_ + 0, b, o + 4)
+            d1 = d * f32(sc)
+            m1 = min_ * f32(m)
+            sc, m = get_scale_min_k4(is_ + 1, b, o + 4)
+            d2 = d * f32(sc)
+            m2 = min_ * f32(m)
+            for l in range(32):
+                v = np.int64(b[q + l]) & 0xF
+                if high and (np.int64(b[o + 16 + l]) & u1):
+                    v += 16
+                y[yo + l] = d1 * f32(v) - m1
+            for l in range(32):
+                v = np.int64(b[q + l]) >> 4
+                if high and (np.int64(b[o + 16 + l]) & u2):
+                    v += 16
+                y[yo + 32 + l] = d2 * f32(v) - m2
+            yo += 64
+            q += 32
+            is_ += 2
+            u1 <<= 2
+            u2 <<= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Q6_K: 256 weights per 210-byte block (ql: 128; qh: 64; scales: 16 x int8; d: fp16).
+# Mirrors quantize_row_q6_K_ref (quant_weights None) / quantize_row_q6_K_impl / dequantize_row_q6_K.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _q6_k_row(x, y, quant_weights):
+    nb = x.shape[0] // QK_K
+    L = np.zeros(QK_K, dtype=np.int8)
+    scales = np.empty(QK_K // 16, dtype=np.float32)
+    sc = np.empty(QK_K // 16, dtype=np.int64)
+    for i in range(nb):
+        xb = x[i * QK_K:(i + 1) * QK_K]
+        o = i * Q6_K_BYTES
+        max_scale = _ZERO
+        max_abs_scale = _ZERO
+        for ib in range(QK_K // 16):
+            if quant_weights is None:
+                scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1, None)
+            else:
+                qo = QK_K * i + 16 * ib
+                scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1,
+                                       quant_weights[qo:qo + 16])
+            scales[ib] = scale
+            abs_scale = abs(scale)
+            if abs_scale > max_abs_scale:
+                max_abs_scale = abs_scale
+                max_scale = scale
+        if max_abs_scale < GROUP_MAX_EPS:
+            for k in range(Q6_K_BYTES):
+                y[o + k] = 0  # memset(&y[i], 0, ...); d = fp16(0) is 0 too
+            continue
+        iscale = _M128 / max_scale
+        hd = fp32_to_fp16(_ONE / iscale)
+        _put_fp16(y, o + 208, hd)
+        for ib in range(QK_K // 16):
+            v = min(127, nearest_int_fast(iscale * scales[ib]))
+            sc[ib] = ((v + 128) & 0xFF) - 128  # stored as int8_t
+            y[o + 192 + ib] = sc[ib] & 0xFF
+        dall = fp16_to_fp32(hd)
+        for j in range(QK_K // 16):
+            d = dall * f32(sc[j])
+            if d == _ZERO:
+                continue
+            for ii in range(16):
+                l = nearest_int_fast(xb[16 * j + ii] / d)
+                L[16 * j + ii] = max(-32, min(31, l)) + 32
+        ql = o
+        qh = o + 128
+        for j in range(0, QK_K, 128):
+            for l in range(32):
+                l0 = np.int64(L[j + l])
+                l1 = np.int64(L[j + l + 32])
+                l2 = np.int64(L[j + l + 64])
+                l3 = np.int64(L[j + l + 96])
+                y[ql + l] = ((l0 & 0xF) | ((l2 & 0xF) << 4)) & 0xFF
+                y[ql + l + 32] = ((l1 & 0xF) | ((l3 & 0xF) << 4)) & 0xFF
+                y[qh + l] = ((l0 >> 4) | ((l1 >> 4) << 2) | ((l2 >> 4) << 4) | ((l3 >> 4) << 6)) & 0xFF
+            ql += 64
+            qh += 32
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q6_k_rows(x, quant_weights):
+    nrows, n = x.shape
+    y = np.empty((nrows, n // QK_K * Q6_K_BYTES), dtype=np.uint8)
+    for r in prange(nrows):
+        _q6_k_row(x[r], y[r], quant_weights)
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _q6_k_dequantize_row(b, y):
+    for i in range(y.shape[0] // QK_K):
+        o = i * Q6_K_BYTES
+        d = _get_fp16(b, o + 208)
+        ql = o
+        qh = o + 128
+        sc = o + 192
+        yo = i * QK_K
+        for n in range(0, QK_K, 128):
+            for l in range(32):
+                is_ = l // 16
+                h = np.int64(b[qh + l])
+                q1 = ((np.int64(b[ql + l]) & 0xF) | (((h >> 0) & 3) << 4)) - 32
+                q2 = ((np.int64(b[ql + l + 32]) & 0xF) | (((h >> 2) & 3) << 4)) - 32
+                q3 = ((np.int64(b[ql + l]) >> 4) | (((h >> 4) & 3) << 4)) - 32
+                q4 = ((np.int64(b[ql + l + 32]) >> 4) | (((h >> 6) & 3) << 4)) - 32
+                y[yo + l] = d * f32(_s8(b[sc + is_ + 0])) * f32(q1)
+                y[yo + l + 32] = d * f32(_s8(b[sc + is_ + 2])) * f32(q2)
+                y[yo + l + 64] = d * f32(_s8(b[sc + is_ + 4])) * f32(q3)
+                y[yo + l + 96] = d * f32(_s8(b[sc + is_ + 6])) * f32(q4)
+            yo += 128
+            ql += 64
+            qh += 32
+            sc += 8
+
+
+@njit(cache=True, nogil=True)
+def _s8(u):
+    # a byte read as int8_t
+    v = np.int64(u)
+    return v - 256 if v > 127 else v
+
+
+# ---------------------------------------------------------------------------------------------
+# Q8_K: 256 weights per 292-byte block (d: float32; qs: 256 x int8; bsums: 16 x int16), the
+# intermediate type of ggml's dot products. ggml_quantize_chunk does not accept it, so only the
+# dequantizer is registered; quantize_q8_k mirrors quantize_row_q8_K_ref for completeness.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _q8_k_row(x, y):
+    for i in range(x.shape[0] // QK_K):
+        xb = x[i * QK_K:(i + 1) * QK_K]
+        o = i * Q8_K_BYTES
+        max_ = _ZERO
+        amax = _ZERO
+        for j in range(QK_K):
+            ax = abs(xb[j])
+            if ax > amax:
+                amax = ax
+                max_ = xb[j]
+        if amax == _ZERO:
+            for k in range(Q8_K_BYTES):
+                y[o + k] = 0
+            continue
+        iscale = _M127 / max_
+        for j in range(QK_K):
+            v = min(127, nearest_int_fast(iscale * xb[j]))
+            y[o + 4 + j] = v & 0xFF
+        for j in range(QK_K // 16):
+            s = 0
+            for ii in range(16):
+                s += _s8(y[o + 4 + 16 * j + ii])
+            y[o + 260 + 2 * j] = s & 0xFF
+            y[o + 261 + 2 * j] = (s >> 8) & 0xFF
+        d = np.array([_ONE / iscale], dtype=np.float32).view(np.uint8)
+        for k in range(4):
+            y[o + k] = d[k]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q8_k_rows(x):
+    nrows, n = x.shape
+    y = np.empty((nrows, n // QK_K * Q8_K_BYTES), dtype=np.uint8)
+    for r in prange(nrows):
+        _q8_k_row(x[r], y[r])
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _q8_k_dequantize_row(b, y):
+    for i in range(y.shape[0] // QK_K):
+        o = i * Q8_K_BYTES
+        d = b[o:o + 4].copy().view(np.float32)[0]
+        for j in range(QK_K):
+            y[i * QK_K + j] = d * f32(_s8(b[o + 4 + j]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Row drivers
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q2_k_dequantize_rows(blob, y):
+    for r in prange(blob.shape[0]):
+        _q2_k_dequantize_row(blob[r], y[r])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q3_k_dequantize_rows(blob, y):
+    for r in prange(blob.shape[0]):
+        _q3_k_dequantize_row(blob[r], y[r])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q4_k_dequantize_rows(blob, y):
+    for r in prange(blob.shape[0]):
+        _k4_dequantize_row(blob[r], y[r], Q4_K_BYTES, False)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q5_k_dequantize_rows(blob, y):
+    for r in prange(blob.shape[0]):
+        _k4_dequantize_row(blob[r], y[r], Q5_K_BYTES, True)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q6_k_dequantize_rows(blob, y):
+    for r in prange(blob.shape[0]):
+        _q6_k_dequantize_row(blob[r], y[r])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _q8_k_dequantize_rows(blob, y):
+    for r in prange(blob.shape[0]):
+        _q8_k_dequantize_row(blob[r], y[r])
+
+
+def _dequantize_with(rows_fn):
+    def dequantize(blob, n_per_row):
+        y = np.empty((blob.shape[0], n_per_row), dtype=np.float32)
+        rows_fn(blob, y)
+        return y
+    return dequantize
+
+
+def quantize_q2_k(x, imatrix=None):
+    return _q2_k_rows(x, imatrix)
+
+
+def quantize_q3_k(x, imatrix=None):
+    return _q3_k_rows(x, imatrix)
+
+
+def quantize_q4_k(x, imatrix=None):
+    return _q4_k_rows(x, imatrix)
+
+
+def quantize_q5_k(x, imatrix=None):
+    return _q5_k_rows(x, imatrix)
+
+
+def quantize_q6_k(x, imatrix=None):
+    return _q6_k_rows(x, imatrix)
+
+
+def quantize_q8_k(x, imatrix=None):
+    """quantize_row_q8_K_ref (no imatrix exists for Q8_K). Not registered: see above."""
+    return _q8_k_rows(np.ascontiguousarray(x, dtype=np.float32))
+
+
+dequantize_q2_k = _dequantize_with(_q2_k_dequantize_rows)
+dequantize_q3_k = _dequantize_with(_q3_k_dequantize_rows)
+dequantize_q4_k = _dequantize_with(_q4_k_dequantize_rows)
+dequantize_q5_k = _dequantize_with(_q5_k_dequantize_rows)
+dequantize_q6_k = _dequantize_with(_q6_k_dequantize_rows)
+dequantize_q8_k = _dequantize_with(_q8_k_dequantize_rows)
+
+KERNELS = [
+    Kernel(T.Q2_K, quantize_q2_k, dequantize_q2_k),
+    Kernel(T.Q3_K, quantize_q3_k, dequantize_q3_k),
+    Kernel(T.Q4_K, quantize_q4_k, dequantize_q4_k),
+    Kernel(T.Q5_K, quantize_q5_k, dequantize_q5_k),
+    Kernel(T.Q6_K, quantize_q6_k, dequantize_q6_k),
+    Kernel(T.Q8_K, None, dequantize_q8_k),
+]

@@ -13,8 +13,8 @@ from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
-from .common import fp16_to_fp32, fp32_to_fp16, roundf
-from .solvers import make_qkx3_quants, make_qx_quants
+from .common import roundf
+from .solvers import fp16_to_fp32_fast, fp32_to_fp16_fast, make_qkx3_quants, make_qx_quants
 
 f32 = np.float32
 
@@ -31,35 +31,34 @@ _RDELTA = f32(0.05)
 _CHUNKS = 256  # imatrix paths: rows go in up to this many chunks, each with its own scratch
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _byte(v):
     """The low byte (0..255) of a float converted to int8_t/uint8_t, as x86-64 does it:
     cvttss2si truncates toward zero and yields INT_MIN (low byte 0) for NaN or out of range."""
-    if v >= _INT_MIN_F and v < _INT_LIM_F:
-        return np.int64(v) & 0xFF
-    return 0
+    ok = (v >= _INT_MIN_F) & (v < _INT_LIM_F)  # select, not a branch: the loops stay vectorizable
+    return np.int64(v if ok else _ZERO) & 0xFF
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _int8(v):
     """(int8_t)v for a float v, as a signed value."""
     b = _byte(v)
     return b - 256 if b >= 128 else b
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _put_fp16(y, o, f):
-    h = fp32_to_fp16(f)
+    h = fp32_to_fp16_fast(f)
     y[o] = h & 0xFF
     y[o + 1] = h >> 8
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _get_fp16(y, o):
-    return fp16_to_fp32(np.uint16(y[o]) | (np.uint16(y[o + 1]) << np.uint16(8)))
+    return fp16_to_fp32_fast(np.int64(y[o]) | (np.int64(y[o + 1]) << 8))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _put_u32(y, o, v):
     y[o] = v & 0xFF
     y[o + 1] = (v >> 8) & 0xFF
@@ -67,12 +66,12 @@ def _put_u32(y, o, v):
     y[o + 3] = (v >> 24) & 0xFF
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _get_u32(y, o):
     return np.int64(y[o]) | (np.int64(y[o + 1]) << 8) | (np.int64(y[o + 2]) << 16) | (np.int64(y[o + 3]) << 24)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _sigma2(x):
     # quantize_row_*_impl: mean square of the whole row, summed in float in index order.
     sum_x2 = _ZERO
@@ -81,14 +80,14 @@ def _sigma2(x):
     return sum_x2 / f32(x.size)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _impl_weights(xb, qw, o, sigma2, weight):
     # weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j])
     for j in range(QK):
         weight[j] = qw[o + j] * np.sqrt(sigma2 + xb[j] * xb[j])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _chunk_bounds(c, nchunks, nrows):
     return c * nrows // nchunks, (c + 1) * nrows // nchunks
 
@@ -97,7 +96,7 @@ def _chunk_bounds(c, nchunks, nrows):
 # Q4_0: 32 weights per 18-byte block (d: fp16; qs: 16, low nibble j, high nibble j+16).
 # quantize_row_q4_0_ref / quantize_row_q4_0_impl / dequantize_row_q4_0
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q4_0_ref(x, y):
     nb = x.size // QK
     for i in range(nb):
@@ -120,7 +119,7 @@ def quantize_row_q4_0_ref(x, y):
             y[o + 2 + j] = (xi0 | (xi1 << 4)) & 0xFF
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q4_0_impl(x, y, qw, weight, L):
     sigma2 = _sigma2(x)
     nb = x.size // QK
@@ -134,7 +133,7 @@ def quantize_row_q4_0_impl(x, y, qw, weight, L):
             y[o + 2 + j] = (np.int64(L[j]) | (np.int64(L[j + 16]) << 4)) & 0xFF
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _quantize_q4_0(x, qw):
     nrows, n = x.shape
     y = np.empty((nrows, n // QK * 18), dtype=np.uint8)
@@ -152,7 +151,7 @@ def _quantize_q4_0(x, qw):
     return y
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _dequantize_q4_0(blob, n):
     nrows = blob.shape[0]
     y = np.empty((nrows, n), dtype=np.float32)
@@ -172,7 +171,7 @@ def _dequantize_q4_0(blob, n):
 # Q4_1: 32 weights per 20-byte block (d, m: fp16; qs: 16, low nibble j, high nibble j+16).
 # quantize_row_q4_1_ref / quantize_row_q4_1_impl / dequantize_row_q4_1
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q4_1_ref(x, y):
     nb = x.size // QK
     for i in range(nb):
@@ -197,7 +196,7 @@ def quantize_row_q4_1_ref(x, y):
             y[o + 4 + j] = (xi0 | (xi1 << 4)) & 0xFF
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q4_1_impl(x, y, qw, weight, L, Laux):
     sigma2 = _sigma2(x)
     nb = x.size // QK
@@ -212,7 +211,7 @@ def quantize_row_q4_1_impl(x, y, qw, weight, L, Laux):
             y[o + 4 + j] = (np.int64(L[j]) | (np.int64(L[j + 16]) << 4)) & 0xFF
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _quantize_q4_1(x, qw):
     nrows, n = x.shape
     y = np.empty((nrows, n // QK * 20), dtype=np.uint8)
@@ -231,7 +230,7 @@ def _quantize_q4_1(x, qw):
     return y
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _dequantize_q4_1(blob, n):
     nrows = blob.shape[0]
     y = np.empty((nrows, n), dtype=np.float32)
@@ -252,7 +251,7 @@ def _dequantize_q4_1(blob, n):
 # Q5_0: 32 weights per 22-byte block (d: fp16; qh: u32, bit j = 5th bit of weight j; qs: 16).
 # quantize_row_q5_0_ref / quantize_row_q5_0_impl / dequantize_row_q5_0
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q5_0_ref(x, y):
     nb = x.size // QK
     for i in range(nb):
@@ -279,7 +278,7 @@ def quantize_row_q5_0_ref(x, y):
         _put_u32(y, o + 2, qh)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q5_0_impl(x, y, qw, weight, L):
     sigma2 = _sigma2(x)
     nb = x.size // QK
@@ -299,7 +298,7 @@ def quantize_row_q5_0_impl(x, y, qw, weight, L):
         _put_u32(y, o + 2, qh)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _quantize_q5_0(x, qw):
     nrows, n = x.shape
     y = np.empty((nrows, n // QK * 22), dtype=np.uint8)
@@ -317,7 +316,7 @@ def _quantize_q5_0(x, qw):
     return y
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _dequantize_q5_0(blob, n):
     nrows = blob.shape[0]
     y = np.empty((nrows, n), dtype=np.float32)
@@ -340,7 +339,7 @@ def _dequantize_q5_0(blob, n):
 # Q5_1: 32 weights per 24-byte block (d, m: fp16; qh: u32, bit j = 5th bit of weight j; qs: 16).
 # quantize_row_q5_1_ref / quantize_row_q5_1_impl / dequantize_row_q5_1
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q5_1_ref(x, y):
     nb = x.size // QK
     for i in range(nb):
@@ -369,7 +368,7 @@ def quantize_row_q5_1_ref(x, y):
         _put_u32(y, o + 4, qh)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q5_1_impl(x, y, qw, weight, L, Laux):
     sigma2 = _sigma2(x)
     nb = x.size // QK
@@ -390,7 +389,7 @@ def quantize_row_q5_1_impl(x, y, qw, weight, L, Laux):
         _put_u32(y, o + 4, qh)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _quantize_q5_1(x, qw):
     nrows, n = x.shape
     y = np.empty((nrows, n // QK * 24), dtype=np.uint8)
@@ -409,7 +408,7 @@ def _quantize_q5_1(x, qw):
     return y
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _dequantize_q5_1(blob, n):
     nrows = blob.shape[0]
     y = np.empty((nrows, n), dtype=np.float32)
@@ -433,7 +432,7 @@ def _dequantize_q5_1(blob, n):
 # Q8_0: 32 weights per 34-byte block (d: fp16; qs: 32 int8). quantize_row_q8_0_ref (the
 # imatrix is ignored: quantize_q8_0 always runs the ref path) / dequantize_row_q8_0
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def quantize_row_q8_0_ref(x, y):
     nb = x.size // QK
     for i in range(nb):
@@ -449,7 +448,7 @@ def quantize_row_q8_0_ref(x, y):
             y[o + 2 + j] = _byte(roundf(x[i * QK + j] * id_))
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _quantize_q8_0(x):
     nrows, n = x.shape
     y = np.empty((nrows, n // QK * 34), dtype=np.uint8)
@@ -458,7 +457,7 @@ def _quantize_q8_0(x):
     return y
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _dequantize_q8_0(blob, n):
     nrows = blob.shape[0]
     y = np.empty((nrows, n), dtype=np.float32)

@@ -407,3 +407,49 @@ def get_scale_min_k4(j, q, off):
         d = (np.int64(q[off + j + 4]) & 0xF) | ((np.int64(q[off + j - 4]) >> 6) << 4)
         m = (np.int64(q[off + j + 4]) >> 4) | ((np.int64(q[off + j - 0]) >> 6) << 4)
     return d, m
+
+
+# fp16 conversion without a memory allocation per call: common.fp32_to_fp16/fp16_to_fp32 bit-cast
+# through a one-element array (about 56 ns a call), which dominates the legacy quants (one or two
+# fp16 per 32 weights). These are the same ggml_compute_fp32_to_fp16/fp16_to_fp32 steps with
+# scalar views; identical to common's on every fp16 value, midpoint, and special value (checked).
+# If common.py adopts scalar views, these become aliases and can go.
+_SCALE_TO_INF = f32(2.0**112)
+_SCALE_TO_ZERO = f32(2.0**-110)
+_EXP_SCALE = f32(2.0**-112)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def fp32_to_fp16_fast(f):
+    """common.fp32_to_fp16 (round to nearest even, NaN -> 0x7E00) without allocation. Returns uint16."""
+    f = f32(f)
+    base = (abs(f) * _SCALE_TO_INF) * _SCALE_TO_ZERO
+    w = np.int64(np.float32(f).view(np.uint32))
+    shl1_w = (w << 1) & 0xFFFFFFFF
+    sign = w & 0x80000000
+    bias = shl1_w & 0xFF000000
+    if bias < 0x71000000:
+        bias = 0x71000000
+    base = np.uint32((bias >> 1) + 0x07800000).view(np.float32) + base
+    bits = np.int64(np.float32(base).view(np.uint32))
+    exp_bits = (bits >> 13) & 0x00007C00
+    mantissa_bits = bits & 0x00000FFF
+    nonsign = exp_bits + mantissa_bits
+    if shl1_w > 0xFF000000:
+        nonsign = 0x7E00
+    return np.uint16((sign >> 16) | nonsign)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def fp16_to_fp32_fast(h):
+    """common.fp16_to_fp32 (exact) without allocation."""
+    w = np.int64(h) << 16
+    sign = w & 0x80000000
+    two_w = (w << 1) & 0xFFFFFFFF
+    if two_w < (1 << 27):
+        denormalized_value = np.uint32((two_w >> 17) | (126 << 23)).view(np.float32) - _HALF
+        result = sign | np.int64(np.float32(denormalized_value).view(np.uint32))
+    else:
+        normalized_value = np.uint32((two_w >> 4) + (0xE0 << 23)).view(np.float32) * _EXP_SCALE
+        result = sign | np.int64(np.float32(normalized_value).view(np.uint32))
+    return np.uint32(result).view(np.float32)

@@ -1,27 +1,21 @@
 """IQ1_S and IQ1_M: ternary (-1, 0, 1) weights in groups of 8 drawn from the 2048-point iq1s grid,
 plus a per-group shift of +-IQ1S_DELTA (quantize_row_iq1_s_impl / quantize_row_iq1_m_impl).
 
-The grid comes from the gguf package at run time. The lookup tables llama.cpp builds in
-iq2xs_init_impl(GGML_TYPE_IQ1_S) (kmap: 2-bit pattern -> grid index, and for patterns off the grid
-the list of nearest grid points) are rebuilt here with the same contents and order.
+The grid comes from the gguf package at run time; kernels.iq_tables rebuilds from it the lookup
+tables of iq2xs_init_impl(GGML_TYPE_IQ1_S) (kmap: 2-bit pattern -> grid index; for patterns off
+the grid, the nearest grid points in the C's order), which decide the neighbour search's ties.
 """
-
-from functools import lru_cache
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf.quants import IQ1_S as _GGUF_IQ1_S
 from numba import njit, prange
 
-from . import Kernel
+from . import Kernel, iq_tables
 from .common import fp16_to_fp32, fp32_to_fp16, nearest_int
 
 f32 = np.float32
 
 QK_K = 256
-NGRID_IQ1S = 2048
-KMAP_SIZE = 43692  # 0xAAAA + 2: every pattern of eight 2-bit values 0..2
-NWANT = 3  # iq2xs_init_impl keeps the grid points at the 3 smallest distances for IQ1_S / IQ1_M
 IQ1S_BLOCK_SIZE = 32
 IQ1M_BLOCK_SIZE = 16
 IQ1S_BLOCK_BYTES = 2 + QK_K // 8 + QK_K // 16  # 50
@@ -41,65 +35,11 @@ IQ1M_FUDGE = f32(1.1125)
 FQK_K = f32(QK_K)
 
 
-# ---------------------------------------------------------------- tables (iq2xs_init_impl)
-
-def _build_tables(kgrid):
-    """iq2xs_init_impl for the iq1s grid: (grid_l, kmap, neighbours).
-
-    grid_l[j] holds grid point j's eight digits l (the C's point 2l+1). kmap[u] is the grid index
-    of the 2-bit pattern u, or -(offset + 1) into neighbours, where a list starts with its length.
-    A pattern off the grid lists the grid points whose squared distance is among the NWANT smallest
-    distinct distances, in the C's qsort order of (distance, grid index). Only patterns whose
-    digits are all 0..2 can come out of the 3-level split, so only those get a list; the others (a
-    digit 3) point at a final empty list and are never looked up. Plain NumPy: it runs once, fast
-    with or without the JIT.
-    """
-    ngrid = kgrid.size
-    bit = 2 * np.arange(8)
-    grid_l = ((kgrid.astype(np.int64)[:, None] >> bit) & 3).astype(np.int8)  # (ngrid, 8)
-    kmap = np.full(KMAP_SIZE, -1, np.int32)
-    kmap[kgrid] = np.arange(ngrid, dtype=np.int32)
-    digits = (np.arange(KMAP_SIZE)[:, None] >> bit) & 3  # (KMAP_SIZE, 8)
-    off_grid = np.nonzero((kmap < 0) & (digits != 3).all(axis=1))[0]
-    lists = []
-    for chunk in np.array_split(off_grid, max(1, off_grid.size // 1024)):
-        pos = digits[chunk]  # (c, 8)
-        d2 = np.zeros((chunk.size, ngrid), np.int32)
-        for k in range(8):
-            diff = 2 * grid_l[None, :, k].astype(np.int32) - 2 * pos[:, k, None].astype(np.int32)
-            d2 += diff * diff
-        # the NWANT-th smallest distinct distance of each row, from which distances occur at all
-        present = np.zeros((chunk.size, int(d2.max()) + 1), np.bool_)
-        present[np.arange(chunk.size)[:, None], d2] = True
-        nth = np.argmax(np.cumsum(present, axis=1) >= NWANT, axis=1)
-        nth[present.sum(axis=1) < NWANT] = present.shape[1]
-        for r in range(chunk.size):
-            sel = np.nonzero(d2[r] <= nth[r])[0]  # grid index ascending ...
-            lists.append(sel[np.argsort(d2[r, sel], kind="stable")])  # ... within each distance
-    total = sum(1 + lst.size for lst in lists)
-    neighbours = np.zeros(total + 1, np.uint16)  # + the empty list of unreachable patterns
-    kmap[kmap < 0] = -(total + 1)
-    counter = 0
-    for u, lst in zip(off_grid, lists):
-        kmap[u] = -(counter + 1)
-        neighbours[counter] = lst.size
-        neighbours[counter + 1:counter + 1 + lst.size] = lst
-        counter += 1 + lst.size
-    return grid_l, kmap, neighbours
-
-
-def iq1s_kgrid():
-    """kgrid_1bit_2048: the gguf IQ1_S grid, each point's eight digits (-1, 0, 1) -> 2-bit 0..2."""
-    _GGUF_IQ1_S.init_grid()
-    g = np.asarray(_GGUF_IQ1_S.grid, dtype=np.float32).reshape(NGRID_IQ1S, 8)
-    digits = (g + 1).astype(np.uint16)
-    return np.bitwise_or.reduce(digits << (2 * np.arange(8, dtype=np.uint16)), axis=1).astype(np.uint16)
-
-
-@lru_cache(maxsize=1)
 def iq1_tables():
-    """(grid_l int8 (2048, 8) digits 0..2, kmap int32 (43692,), neighbours uint16): built once."""
-    return _build_tables(iq1s_kgrid())
+    """(levels uint8 (2048, 8) digits 0..2, kmap int32 (43692,), kneighbors uint16): iq2xs_init_impl's
+    tables for the iq1s grid, built once per process by kernels.iq_tables (shared by IQ1_S and IQ1_M)."""
+    t = iq_tables.tables(T.IQ1_S)
+    return t.levels, t.kmap, t.kneighbors
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -331,7 +271,7 @@ def _dequantize_iq1_s_rows(blob, n, grid_l):
                 for l in range(4):
                     g = np.int64(blob[r, bo + 2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)
                     for j in range(8):
-                        y[r, i * QK_K + 32 * ib + 8 * l + j] = dl * (f32(grid_l[g, j] - 1) + delta)
+                        y[r, i * QK_K + 32 * ib + 8 * l + j] = dl * (f32(np.int64(grid_l[g, j]) - 1) + delta)
     return y
 
 
@@ -339,7 +279,8 @@ def quantize_iq1_s(rows, imatrix=None):
     if imatrix is None:
         raise ValueError("IQ1_S needs an importance matrix (ggml_quantize_chunk asserts imatrix != NULL)")
     grid_l, kmap, neighbours = iq1_tables()
-    return _quantize_iq1_s_rows(rows, imatrix, grid_l, kmap, neighbours)
+    with np.errstate(over="ignore"):  # -FLT_MAX * sumq2 may overflow to -inf, as in the C (no-JIT runs warn)
+        return _quantize_iq1_s_rows(rows, imatrix, grid_l, kmap, neighbours)
 
 
 def dequantize_iq1_s(blob, n_per_row):
@@ -615,7 +556,7 @@ def _dequantize_iq1_m_rows(blob, n, grid_l):
                     delta = -IQ1S_DELTA if qh & (0x08 if l % 2 == 0 else 0x80) else IQ1S_DELTA
                     dl = dl1 if l < 2 else dl2
                     for j in range(8):
-                        y[r, i * QK_K + 32 * ib + 8 * l + j] = dl * (f32(grid_l[g, j] - 1) + delta)
+                        y[r, i * QK_K + 32 * ib + 8 * l + j] = dl * (f32(np.int64(grid_l[g, j]) - 1) + delta)
     return y
 
 
@@ -623,7 +564,8 @@ def quantize_iq1_m(rows, imatrix=None):
     grid_l, kmap, neighbours = iq1_tables()
     has_qw = imatrix is not None
     qw = imatrix if has_qw else np.ones(rows.shape[1], np.float32)  # unused without an imatrix
-    return _quantize_iq1_m_rows(rows, qw, has_qw, grid_l, kmap, neighbours)
+    with np.errstate(over="ignore"):  # -FLT_MAX * sumq2 may overflow to -inf, as in the C (no-JIT runs warn)
+        return _quantize_iq1_m_rows(rows, qw, has_qw, grid_l, kmap, neighbours)
 
 
 def dequantize_iq1_m(blob, n_per_row):

@@ -1,0 +1,228 @@
+"""MXFP4 and NVFP4: E2M1 4-bit floats with a shared power-of-two (MXFP4, E8M0) or UE4M3 (NVFP4)
+scale, as ggml's quantize_row_mxfp4_ref / quantize_row_nvfp4_ref and dequantize_row_mxfp4 /
+dequantize_row_nvfp4. ggml ignores the imatrix for both.
+
+The E2M1 grid is kept doubled (kvalues_mxfp4: 0, 1, 2, 3, 4, 6, 8, 12 and negatives), so both
+scale decoders return half the scale. Scale decoding is a 256-entry table of exact float32s.
+"""
+
+import math
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf.quants import MXFP4 as _GGUF_MXFP4
+from numba import njit, prange
+
+from . import Kernel
+
+f32 = np.float32
+
+QK_MXFP4 = 32
+MXFP4_BYTES = 17  # e: E8M0; qs: 16 nibbles
+QK_NVFP4 = 64
+QK_NVFP4_SUB = 16
+NVFP4_BYTES = 36  # d: 4 UE4M3 (one per 16 weights); qs: 32 nibbles
+
+_ZERO = f32(0.0)
+_SIX = f32(6.0)
+_MAX_UE4M3 = f32(448.0)
+_SUB_SCALE = f32(512.0)
+_HALF = f32(0.5)
+
+KVALUES_MXFP4 = np.array(_GGUF_MXFP4.kvalues, dtype=np.int8)
+
+
+def _e8m0_half_table():
+    """ggml_e8m0_to_fp32_half for every byte: 2**(e - 128), with the two subnormal patterns below e = 2."""
+    e = np.arange(256, dtype=np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23)).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _ue4m3_table():
+    """ggml_ue4m3_to_fp32 for every byte (already halved, to match the doubled grid); bit 7 is ignored."""
+    table = np.zeros(256, dtype=np.float32)
+    for x in range(256):
+        if x in (0, 0x7F):
+            continue
+        exp = (x >> 3) & 0xF
+        man = x & 0x7
+        raw = math.ldexp(man, -9) if exp == 0 else math.ldexp(1.0 + man / 8.0, exp - 7)
+        table[x] = raw * 0.5  # exact: at most 4 significant bits
+    return table
+
+
+@njit(cache=True, nogil=True)
+def best_index_mxfp4(kvalues, x, e):
+    """best_index_mxfp4: the first grid index with the least |kvalues[i]*e - x| (float32 throughout)."""
+    best_index = 0
+    best_err = abs(kvalues[0] * e - x)
+    for i in range(1, 16):
+        err = abs(kvalues[i] * e - x)
+        if err < best_err:
+            best_index = i
+            best_err = err
+    return best_index
+
+
+@njit(cache=True, nogil=True)
+def e8m0_of_amax(amax):
+    """(uint8_t)(floorf(log2f(amax)) - 2 + 127), or 0 for amax == 0.
+
+    Compiled, math.log2 of a float32 calls libm's log2f, as ggml does; only its floor matters.
+    The uint8_t cast of the float goes through a 32-bit int on x86-64, so subnormal amax wraps
+    (-8 -> 248) and an infinite one gives 0.
+    """
+    if not amax > _ZERO:
+        return 0
+    if amax == np.inf:
+        return 0
+    # np.float32 is a no-op when compiled; uncompiled (NUMBA_DISABLE_JIT) it rounds libm's double log2 as log2f would
+    return (math.floor(np.float32(math.log2(amax))) - 2 + 127) & 0xFF
+
+
+# MXFP4: 32 weights per 17-byte block (e: E8M0; qs: 16, x[j] low nibble, x[j + 16] high); quantize_row_mxfp4_ref
+@njit(cache=True, nogil=True, parallel=True)
+def _quantize_mxfp4_rows(x, kvalues, e8m0_half):
+    nrows, n_per_row = x.shape
+    nb = n_per_row // QK_MXFP4
+    y = np.zeros((nrows, nb * MXFP4_BYTES), dtype=np.uint8)
+    for r in prange(nrows):
+        xr = x[r]
+        for i in range(nb):
+            a = i * QK_MXFP4
+            b = i * MXFP4_BYTES
+            amax = _ZERO
+            for j in range(QK_MXFP4):
+                if amax < abs(xr[a + j]):
+                    amax = abs(xr[a + j])
+            e = e8m0_of_amax(amax)
+            d = e8m0_half[e]
+            y[r, b] = e
+            for j in range(QK_MXFP4 // 2):
+                x0 = best_index_mxfp4(kvalues, xr[a + j], d)
+                x1 = best_index_mxfp4(kvalues, xr[a + QK_MXFP4 // 2 + j], d)
+                y[r, b + 1 + j] = x0 | (x1 << 4)
+    return y
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _dequantize_mxfp4_rows(blob, n_per_row, kvalues, e8m0_half):
+    nrows = blob.shape[0]
+    nb = n_per_row // QK_MXFP4
+    y = np.empty((nrows, n_per_row), dtype=np.float32)
+    for r in prange(nrows):
+        for i in range(nb):
+            b = i * MXFP4_BYTES
+            d = e8m0_half[blob[r, b]]
+            o = i * QK_MXFP4
+            for j in range(QK_MXFP4 // 2):
+                q = blob[r, b + 1 + j]
+                y[r, o + j] = kvalues[q & 0x0F] * d
+                y[r, o + j + QK_MXFP4 // 2] = kvalues[q >> 4] * d
+    return y
+
+
+@njit(cache=True, nogil=True)
+def fp32_to_ue4m3(x, bits):
+    """ggml_fp32_to_ue4m3: round half up on the mantissa, saturate at 0x7E; bits is the uint32 of x."""
+    if not x > _ZERO:
+        return 0
+    if x > _MAX_UE4M3:
+        x = _MAX_UE4M3
+        bits = np.uint32(0x43E00000)  # 448.0f
+    fp32_exp = np.int32((bits >> np.uint32(23)) & np.uint32(0xFF)) - 127
+    fp32_man = np.int32((bits >> np.uint32(20)) & np.uint32(0x7))
+    ue4m3_exp = fp32_exp + 7
+    if ue4m3_exp <= 0:
+        # subnormal: man = (int)(x * 512.0f + 0.5f), in float32
+        man = np.int32(x * _SUB_SCALE + _HALF)
+        if man > 7:
+            man = 7
+        if man < 1:
+            return 0
+        return man
+    if ue4m3_exp >= 15:
+        return 0x7E
+    ue4m3_man = fp32_man + np.int32((bits >> np.uint32(19)) & np.uint32(1))
+    if ue4m3_man > 7:
+        ue4m3_man = 0
+        ue4m3_exp += 1
+        if ue4m3_exp >= 15:
+            return 0x7E
+    return (ue4m3_exp << 3) | ue4m3_man
+
+
+# NVFP4: 64 weights per 36-byte block (d: 4 UE4M3, one per 16 weights; qs: 32, per 16 weights
+# x[j] low nibble, x[j + 8] high); quantize_row_nvfp4_ref
+@njit(cache=True, nogil=True, parallel=True)
+def _quantize_nvfp4_rows(x, kvalues, ue4m3):
+    nrows, n_per_row = x.shape
+    nb = n_per_row // QK_NVFP4
+    y = np.zeros((nrows, nb * NVFP4_BYTES), dtype=np.uint8)
+    for r in prange(nrows):
+        xr = x[r]
+        scratch = np.empty(1, dtype=np.float32)  # to read a float32's bits without allocating per block
+        scratch_bits = scratch.view(np.uint32)
+        for i in range(nb):
+            b = i * NVFP4_BYTES
+            for s in range(QK_NVFP4 // QK_NVFP4_SUB):
+                a = i * QK_NVFP4 + s * QK_NVFP4_SUB
+                amax = _ZERO
+                for j in range(QK_NVFP4_SUB):
+                    if amax < abs(xr[a + j]):
+                        amax = abs(xr[a + j])
+                scratch[0] = amax / _SIX
+                ue = fp32_to_ue4m3(scratch[0], scratch_bits[0])
+                y[r, b + s] = ue
+                d = ue4m3[ue]
+                for j in range(QK_NVFP4_SUB // 2):
+                    x0 = best_index_mxfp4(kvalues, xr[a + j], d)
+                    x1 = best_index_mxfp4(kvalues, xr[a + QK_NVFP4_SUB // 2 + j], d)
+                    y[r, b + 4 + s * (QK_NVFP4_SUB // 2) + j] = x0 | (x1 << 4)
+    return y
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _dequantize_nvfp4_rows(blob, n_per_row, kvalues, ue4m3):
+    nrows = blob.shape[0]
+    nb = n_per_row // QK_NVFP4
+    y = np.empty((nrows, n_per_row), dtype=np.float32)
+    for r in prange(nrows):
+        for i in range(nb):
+            b = i * NVFP4_BYTES
+            for s in range(QK_NVFP4 // QK_NVFP4_SUB):
+                d = ue4m3[blob[r, b + s]]
+                o = i * QK_NVFP4 + s * QK_NVFP4_SUB
+                for j in range(QK_NVFP4_SUB // 2):
+                    q = blob[r, b + 4 + s * (QK_NVFP4_SUB // 2) + j]
+                    y[r, o + j] = kvalues[q & 0x0F] * d
+                    y[r, o + j + QK_NVFP4_SUB // 2] = kvalues[q >> 4] * d
+    return y
+
+
+_KVALUES = KVALUES_MXFP4.astype(np.float32)  # int8 promoted to float, as at every use in C
+_E8M0_HALF = _e8m0_half_table()
+_UE4M3 = _ue4m3_table()
+
+
+def quantize_mxfp4(x, imatrix=None):
+    return _quantize_mxfp4_rows(x, _KVALUES, _E8M0_HALF)
+
+
+def dequantize_mxfp4(blob, n_per_row):
+    return _dequantize_mxfp4_rows(blob, n_per_row, _KVALUES, _E8M0_HALF)
+
+
+def quantize_nvfp4(x, imatrix=None):
+    return _quantize_nvfp4_rows(x, _KVALUES, _UE4M3)
+
+
+def dequantize_nvfp4(blob, n_per_row):
+    return _dequantize_nvfp4_rows(blob, n_per_row, _KVALUES, _UE4M3)
+
+
+KERNELS = [
+    Kernel(T.MXFP4, quantize_mxfp4, dequantize_mxfp4),
+    Kernel(T.NVFP4, quantize_nvfp4, dequantize_nvfp4),
+]

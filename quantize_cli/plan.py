@@ -144,8 +144,34 @@ def output_kv(source: Source, ftype: int, options: QuantizeOptions, block_count:
     return out
 
 
+# llama_model_loader's guess of a file's type from its most common tensor type
+_FTYPE_OF_TYPE = {
+    T.F32: 0, T.F16: 1, T.BF16: 32, T.Q4_0: 2, T.Q4_1: 3, T.Q5_0: 8, T.Q5_1: 9, T.Q8_0: 7, T.Q2_K: 10,
+    T.Q3_K: 12, T.Q4_K: 15, T.Q5_K: 17, T.Q6_K: 18, T.TQ1_0: 36, T.TQ2_0: 37, T.IQ2_XXS: 19, T.IQ2_XS: 20,
+    T.IQ2_S: 28, T.IQ3_XXS: 23, T.IQ1_S: 24, T.IQ1_M: 31, T.IQ4_NL: 25, T.IQ4_XS: 30, T.IQ3_S: 26,
+    T.NVFP4: 39, T.Q1_0: 40,
+}
+LLAMA_FTYPE_GUESSED = 1024
+
+
+def source_ftype(source: Source) -> int:
+    """The input's llama_ftype, as llama_model_loader knows it: general.file_type if present,
+    else the type most tensors have (first to reach the maximum in llama order), marked GUESSED.
+    COPY writes this value."""
+    value = source.kv_value("general.file_type")
+    if value is not None:
+        return int(value)
+    counts: dict[T, int] = {}
+    best, best_n = T.F32, 0
+    for ref in llama_order(source.tensors):
+        counts[ref.type] = counts.get(ref.type, 0) + 1
+        if counts[ref.type] > best_n:
+            best, best_n = ref.type, counts[ref.type]
+    return _FTYPE_OF_TYPE.get(best, 0) | LLAMA_FTYPE_GUESSED
+
+
 def make_plan(source: Source, options: QuantizeOptions, imatrix_names: set[str] | None = None) -> Plan:
-    ftype = int(source.kv_value("general.file_type", FT.ALL_F32)) if options.only_copy else int(options.ftype)
+    ftype = source_ftype(source) if options.only_copy else int(options.ftype)
     if not options.only_copy and options.ftype not in DEFAULT_TYPE:
         raise PlanError(f"file type {FT(options.ftype).name} cannot be planned yet")
     default_type = DEFAULT_TYPE.get(options.ftype, T.F32)
@@ -166,3 +192,63 @@ def make_plan(source: Source, options: QuantizeOptions, imatrix_names: set[str] 
                                     split=ref.split if options.keep_split else 0))
     return Plan(decisions, output_kv(source, ftype, options, None), ftype,
                 n_splits=source.n_splits if options.keep_split else 1, n_fallback=n_fallback)
+
+
+# llama-quantize's QUANT_OPTIONS: name -> (llama_ftype, description), in its order.
+FILE_TYPES: dict[str, tuple[int, str]] = {
+    "Q1_0": (40, " 1.125 bpw quantization"), "Q2_0": (41, " 2.25 bpw quantization (group 64)"),
+    "Q4_0": (2, " 4.34G, +0.4685 ppl @ Llama-3-8B"), "Q4_1": (3, " 4.78G, +0.4511 ppl @ Llama-3-8B"),
+    "MXFP4_MOE": (38, " MXFP4 MoE"), "Q5_0": (8, " 5.21G, +0.1316 ppl @ Llama-3-8B"),
+    "Q5_1": (9, " 5.65G, +0.1062 ppl @ Llama-3-8B"), "IQ2_XXS": (19, " 2.06 bpw quantization"),
+    "IQ2_XS": (20, " 2.31 bpw quantization"), "IQ2_S": (28, " 2.5  bpw quantization"),
+    "IQ2_M": (29, " 2.7  bpw quantization"), "IQ1_S": (24, " 1.56 bpw quantization"),
+    "IQ1_M": (31, " 1.75 bpw quantization"), "TQ1_0": (36, " 1.69 bpw ternarization"),
+    "TQ2_0": (37, " 2.06 bpw ternarization"), "Q2_K": (10, " 2.96G, +3.5199 ppl @ Llama-3-8B"),
+    "Q2_K_S": (21, " 2.96G, +3.1836 ppl @ Llama-3-8B"), "IQ3_XXS": (23, " 3.06 bpw quantization"),
+    "IQ3_S": (26, " 3.44 bpw quantization"), "IQ3_M": (27, " 3.66 bpw quantization mix"),
+    "Q3_K": (12, "alias for Q3_K_M"), "IQ3_XS": (22, " 3.3 bpw quantization"),
+    "Q3_K_S": (11, " 3.41G, +1.6321 ppl @ Llama-3-8B"), "Q3_K_M": (12, " 3.74G, +0.6569 ppl @ Llama-3-8B"),
+    "Q3_K_L": (13, " 4.03G, +0.5562 ppl @ Llama-3-8B"), "IQ4_NL": (25, " 4.50 bpw non-linear quantization"),
+    "IQ4_XS": (30, " 4.25 bpw non-linear quantization"), "Q4_K": (15, "alias for Q4_K_M"),
+    "Q4_K_S": (14, " 4.37G, +0.2689 ppl @ Llama-3-8B"), "Q4_K_M": (15, " 4.58G, +0.1754 ppl @ Llama-3-8B"),
+    "Q5_K": (17, "alias for Q5_K_M"), "Q5_K_S": (16, " 5.21G, +0.1049 ppl @ Llama-3-8B"),
+    "Q5_K_M": (17, " 5.33G, +0.0569 ppl @ Llama-3-8B"), "Q6_K": (18, " 6.14G, +0.0217 ppl @ Llama-3-8B"),
+    "Q8_0": (7, " 7.96G, +0.0026 ppl @ Llama-3-8B"), "F16": (1, "14.00G, +0.0020 ppl @ Mistral-7B"),
+    "BF16": (32, "14.00G, -0.0050 ppl @ Mistral-7B"), "F32": (0, "26.00G              @ 7B"),
+    "COPY": (0, "only copy tensors, no quantizing"),
+}
+
+
+def parse_file_type(text: str) -> tuple[int, str]:
+    """try_parse_ftype: a name (case-insensitive) or a numeric id; returns (ftype, canonical name)."""
+    upper = text.strip().upper()
+    if upper in FILE_TYPES:
+        return FILE_TYPES[upper][0], upper
+    try:
+        number = int(upper)
+    except ValueError:
+        number = None
+    if number is not None:
+        for name, (ftype, _) in FILE_TYPES.items():
+            if ftype == number:
+                return ftype, name
+    raise PlanError(f"unknown file type {text!r}; run `pyquantize types` for the list (e.g. Q4_K_M, Q8_0, F16)")
+
+
+def parse_tensor_type(text: str) -> T:
+    """A ggml tensor type by name (case-insensitive), for --output-tensor-type and friends."""
+    try:
+        return T[text.strip().upper()]
+    except KeyError:
+        raise PlanError(f"unknown tensor type {text!r} (e.g. q8_0, q6_k, f16)") from None
+
+
+def plan_to_json(plan: Plan) -> dict:
+    tensors = [{"name": tp.name, "shape": list(tp.ne), "from": tp.ref.type.name, "to": tp.type.name,
+                "reason": tp.reason, "bytes": tp.nbytes, "bytes_in": tp.ref.nbytes} for tp in plan.tensors]
+    n = sum(tp.ref.n_elements for tp in plan.tensors)
+    bytes_in = sum(t["bytes_in"] for t in tensors)
+    bytes_out = sum(t["bytes"] for t in tensors)
+    return {"file_type": plan.ftype, "tensors": tensors, "n_elements": n, "bytes_in": bytes_in,
+            "bytes_out": bytes_out, "bpw_in": round(bytes_in * 8 / n, 4) if n else 0.0,
+            "bpw_out": round(bytes_out * 8 / n, 4) if n else 0.0, "n_fallback": plan.n_fallback}

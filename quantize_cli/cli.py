@@ -1,0 +1,307 @@
+"""The command line: Typer only. Parse, call the library, print. Library errors become one
+`error: ...` line on stderr and a non-zero exit; anything else is a bug and shows as one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import PyquantizeError
+
+app = typer.Typer(
+    name="pyquantize",
+    help="Quantize models to GGUF: byte-identical to llama.cpp's llama-quantize, from Python.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+CONVERT_HELP = """Quantize IN (a GGUF file, or a Hugging Face safetensors folder) to OUT as TYPE.
+
+Positional form as llama-quantize: IN [OUT] TYPE [NTHREADS]. TYPE is a llama.cpp file type by
+name (Q4_K_M, q8_0, IQ2_XS, F16, COPY, ...) or numeric id. OUT defaults to ggml-model-TYPE.gguf
+beside IN. Run `pyquantize types` for the list."""
+
+
+@app.command(help=CONVERT_HELP, no_args_is_help=True)
+def convert(
+    args: List[str] = typer.Argument(..., metavar="IN [OUT] TYPE [NTHREADS]", show_default=False),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Allow requantizing tensors that are already quantized (quality suffers)."),
+    leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Leave output.weight unquantized (bigger, sometimes better)."),
+    pure: bool = typer.Option(False, "--pure", help="Every quantizable tensor gets TYPE: no k-quant mixes."),
+    imatrix: Optional[str] = typer.Option(None, "--imatrix", metavar="FILE", help="Importance matrix (llama.cpp GGUF imatrix or legacy .dat)."),
+    include_weights: List[str] = typer.Option([], "--include-weights", metavar="NAME", help="Use the imatrix only for tensors whose name contains NAME (repeatable)."),
+    exclude_weights: List[str] = typer.Option([], "--exclude-weights", metavar="NAME", help="Do not use the imatrix for tensors whose name contains NAME (repeatable)."),
+    output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", metavar="TYPE", help="Type of output.weight."),
+    token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", metavar="TYPE", help="Type of token_embd.weight."),
+    tensor_type: List[str] = typer.Option([], "--tensor-type", metavar="REGEX=TYPE", help="Type of tensors whose name matches REGEX (repeatable; first match wins)."),
+    tensor_type_file: Optional[Path] = typer.Option(None, "--tensor-type-file", metavar="FILE", help="File of REGEX=TYPE lines, as --tensor-type."),
+    prune_layers: Optional[str] = typer.Option(None, "--prune-layers", metavar="L0,L1,...", help="Remove these layers (comma-separated block numbers)."),
+    keep_split: bool = typer.Option(False, "--keep-split", help="Write as many shards as the input has."),
+    override_kv: List[str] = typer.Option([], "--override-kv", metavar="KEY=TYPE:VALUE", help="Set metadata (TYPE int, float, bool or str; repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (every tensor's type and why) and sizes; write nothing."),
+    max_buffer_size: Optional[int] = typer.Option(None, "--max-buffer-size", metavar="BYTES", help="Accepted for llama-quantize compatibility; memory is bounded per tensor slab anyway."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads (default: all cores; NTHREADS positional also works)."),
+    no_vocab: bool = typer.Option(False, "--no-vocab", help="Safetensors input: proceed without tokenizer files."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result (or the --dry-run plan) as JSON on stdout."),
+) -> None:
+    try:
+        _convert(**locals())
+    except PyquantizeError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted; no output was written", 130)
+
+
+def _parse_positional(args: list[str]):
+    from .plan import parse_file_type
+
+    if len(args) < 2:
+        fail("expected IN [OUT] TYPE [NTHREADS]; e.g. pyquantize convert model-f32.gguf model-q4_k_m.gguf Q4_K_M")
+    src = Path(args[0])
+    rest = args[1:]
+    try:
+        ftype, name = parse_file_type(rest[0])
+        out = None
+        rest = rest[1:]
+    except PyquantizeError:
+        if len(rest) < 2:
+            fail(f"{rest[0]!r} is not a file type, and no TYPE follows it; run `pyquantize types` for the list")
+        out = Path(rest[0])
+        ftype, name = parse_file_type(rest[1])
+        rest = rest[2:]
+    nthreads = None
+    if rest:
+        try:
+            nthreads = int(rest[0])
+        except ValueError:
+            fail(f"NTHREADS must be a number, got {rest[0]!r}")
+        rest = rest[1:]
+    if rest:
+        fail(f"unexpected argument(s): {' '.join(rest)}")
+    return src, out, ftype, name, nthreads
+
+
+def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include_weights, exclude_weights,
+             output_tensor_type, token_embedding_type, tensor_type, tensor_type_file, prune_layers, keep_split,
+             override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out) -> None:
+    from . import convert as conv
+    from .errors import PlanError
+    from .plan import QuantizeOptions, make_plan, parse_tensor_type
+    from .source import open_source
+
+    src, out, ftype, ftype_name, nthreads = _parse_positional(args)
+    if include_weights and exclude_weights:
+        raise PlanError("--include-weights and --exclude-weights cannot be used together")
+    if (include_weights or exclude_weights) and not imatrix:
+        raise PlanError("--include-weights/--exclude-weights need --imatrix")
+    tensor_types = []
+    lines = list(tensor_type)
+    if tensor_type_file is not None:
+        try:
+            lines += [ln.strip() for ln in tensor_type_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        except OSError as exc:
+            raise PlanError(f"{tensor_type_file}: cannot read --tensor-type-file ({exc.strerror})") from None
+    for spec in lines:
+        pattern, eq, tname = spec.rpartition("=")
+        if not eq or not pattern:
+            raise PlanError(f"--tensor-type {spec!r}: expected REGEX=TYPE, e.g. attn_v=q8_0")
+        tensor_types.append((pattern, parse_tensor_type(tname)))
+    prune = []
+    if prune_layers:
+        try:
+            prune = sorted({int(p) for p in prune_layers.split(",") if p.strip()})
+        except ValueError:
+            raise PlanError(f"--prune-layers {prune_layers!r}: expected comma-separated layer numbers, e.g. 20,21") from None
+    options = QuantizeOptions(
+        ftype=ftype,
+        only_copy=ftype_name == "COPY",
+        allow_requantize=allow_requantize,
+        leave_output_tensor=leave_output_tensor,
+        pure=pure,
+        keep_split=keep_split,
+        output_tensor_type=parse_tensor_type(output_tensor_type) if output_tensor_type else None,
+        token_embedding_type=parse_tensor_type(token_embedding_type) if token_embedding_type else None,
+        tensor_types=tensor_types,
+        prune_layers=prune,
+        include_weights=list(include_weights),
+        exclude_weights=list(exclude_weights),
+        kv_overrides=[conv.parse_kv_override(t) for t in override_kv],
+    )
+    imatrix_input = conv.load_imatrix_input(imatrix, include_weights, exclude_weights) if imatrix else None
+    if out is None:
+        out = conv.default_output_path(src, ftype_name)
+
+    if dry_run:
+        source = open_source(src) if not src.is_dir() else _open_hf(src, no_vocab)
+        with source:
+            if imatrix_input is not None:
+                options.kv_overrides = options.kv_overrides + conv.imatrix_kv_overrides(imatrix_input)
+            plan = make_plan(source, options, set(imatrix_input.entries) if imatrix_input else None)
+            _print_plan(plan, json_out)
+        return
+
+    console = _stderr_console()
+    show_progress = not quiet and not json_out and console.is_terminal
+    source = _open_hf(src, no_vocab) if src.is_dir() else None
+    if show_progress:
+        result = _convert_with_progress(conv, src, out, options, imatrix_input, threads or nthreads, console, source)
+    else:
+        result = conv.convert(src, out, options, imatrix_input, threads or nthreads, source=source)
+    if json_out:
+        typer.echo(json.dumps(_result_json(result), indent=2))
+    elif not quiet:
+        _print_summary(result, console)
+
+
+def _open_hf(path: Path, no_vocab: bool):
+    try:
+        from .source_hf import HFSource
+    except ModuleNotFoundError:
+        from .errors import SourceError
+
+        raise SourceError(f"{path}: is a directory; safetensors checkpoints are not supported yet") from None
+    return HFSource(path, no_vocab=no_vocab)
+
+
+def _convert_with_progress(conv, src, out, options, imatrix_input, nthreads, console, source):
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    progress = Progress(TextColumn("{task.description:<40}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    task = None
+
+    def on_event(event, tp, nbytes):
+        nonlocal task
+        if event == "plan":
+            task = progress.add_task("", total=nbytes)
+        elif event == "start":
+            progress.update(task, description=f"{tp.name} -> {tp.type.name}")
+        else:
+            progress.advance(task, nbytes)
+
+    with progress:
+        return conv.convert(src, out, options, imatrix_input, nthreads, progress=on_event, source=source)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.2f} MiB"
+
+
+def _result_json(result) -> dict:
+    return {
+        "outputs": [str(p) for p in result.outputs],
+        "file_type": result.plan.ftype,
+        "n_tensors": len(result.plan.tensors),
+        "n_elements": result.n_elements,
+        "bytes_in": result.bytes_in,
+        "bytes_out": result.bytes_out,
+        "bpw_in": round(result.bpw_in, 4),
+        "bpw_out": round(result.bpw_out, 4),
+        "seconds": round(result.seconds, 3),
+        "compile_seconds": round(result.compile_seconds, 3),
+        "n_fallback": result.plan.n_fallback,
+        "tensors": [{"name": tp.name, "type": tp.type.name, "from": tp.ref.type.name} for tp in result.plan.tensors],
+    }
+
+
+def _print_summary(result, console) -> None:
+    outs = ", ".join(str(p) for p in result.outputs)
+    fallback = f", {result.plan.n_fallback} tensor(s) needed a fallback type" if result.plan.n_fallback else ""
+    console.print(f"wrote {outs}: {_mib(result.bytes_in)} -> {_mib(result.bytes_out)} "
+                  f"({result.bpw_in:.2f} -> {result.bpw_out:.2f} bpw), {len(result.plan.tensors)} tensors, "
+                  f"{result.seconds:.2f} s (of which {result.compile_seconds:.2f} s kernel compile/load){fallback}",
+                  highlight=False, soft_wrap=True)
+
+
+def _print_plan(plan, json_out: bool) -> None:
+    from .plan import plan_to_json
+
+    doc = plan_to_json(plan)
+    if json_out:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="plan (--dry-run)", title_justify="left")
+    for col in ("tensor", "shape", "from", "to", "size", "reason"):
+        table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
+    for t in doc["tensors"]:
+        table.add_row(t["name"], " x ".join(map(str, t["shape"])), t["from"], t["to"], _mib(t["bytes"]), t["reason"])
+    console.print(table)
+    console.print(f"model size {_mib(doc['bytes_in'])} ({doc['bpw_in']:.2f} bpw) -> quant size {_mib(doc['bytes_out'])} "
+                  f"({doc['bpw_out']:.2f} bpw)", highlight=False)
+
+
+@app.command("inspect", no_args_is_help=True)
+def inspect_cmd(
+    file: Path = typer.Argument(..., help="A GGUF file (ours or llama.cpp's), or the first shard of a split model."),
+    json_out: bool = typer.Option(False, "--json", help="The same as a stable JSON document."),
+    no_tensors: bool = typer.Option(False, "--no-tensors", help="Leave out the tensor table."),
+    markdown: bool = typer.Option(False, "--markdown", help="Markdown, like gguf_dump --markdown."),
+) -> None:
+    """Metadata, tensors, types, sizes and bits per weight of a GGUF file."""
+    try:
+        from .inspect import describe, render_markdown, render_rich
+
+        doc = describe(file, with_tensors=not no_tensors)
+    except PyquantizeError as exc:
+        fail(str(exc), exc.exit_code)
+    if json_out:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+    elif markdown:
+        typer.echo(render_markdown(doc), nl=False)
+    else:
+        from rich.console import Console
+
+        render_rich(doc, Console())
+
+
+@app.command("types")
+def types_cmd() -> None:
+    """The file types TYPE can name, as llama-quantize lists them."""
+    from .plan import FILE_TYPES
+
+    for name, (ftype, description) in FILE_TYPES.items():
+        typer.echo(f"{ftype:>4}  {name:<10} {description}")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .imatrix_cmd import imatrix
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.endswith("imatrix_cmd"):
+            return
+        raise
+    app.command("imatrix", no_args_is_help=True)(imatrix)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

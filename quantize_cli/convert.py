@@ -1,0 +1,287 @@
+"""convert(): the library entry point that `pyquantize convert` wraps.
+
+source -> plan -> kernels -> writer, one tensor at a time: a tensor is loaded (memory-mapped),
+converted to float32 rows where it must be, quantized in slabs of rows, written, and dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType
+
+import kernels
+
+from .errors import ImatrixError, KernelError, OutputError, PlanError
+from .plan import Plan, QuantizeOptions, TensorPlan, make_plan
+from .source import KV, Source, open_source
+from .writer import ShardWriter, TensorInfo, atomic_outputs
+
+FLOAT_TYPES = (T.F32, T.F16, T.BF16)
+SLAB_BYTES = 64 << 20  # float32 rows converted per slab: bounds memory for huge tensors
+
+
+@dataclass
+class ImatrixInput:
+    """What the converter needs of an importance matrix (after --include/--exclude-weights)."""
+
+    path_text: str  # as given on the command line: llama-quantize records it verbatim
+    entries: dict[str, np.ndarray]
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+
+
+@dataclass
+class ConvertResult:
+    outputs: list[Path]
+    plan: Plan
+    n_elements: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    compile_seconds: float
+
+    @property
+    def bpw_in(self) -> float:
+        return self.bytes_in * 8 / max(self.n_elements, 1)
+
+    @property
+    def bpw_out(self) -> float:
+        return self.bytes_out * 8 / max(self.n_elements, 1)
+
+
+def load_imatrix_input(path: str, include: list[str], exclude: list[str]) -> ImatrixInput:
+    """Load an imatrix file and filter it as llama-quantize's prepare_imatrix does."""
+    from .imatrix import load_imatrix
+
+    data = load_imatrix(path)
+    entries = dict(data.entries)
+    for part in exclude:
+        entries = {k: v for k, v in entries.items() if part not in k}
+    if include:
+        entries = {k: v for k, v in entries.items() if any(part in k for part in include)}
+    for name, values in entries.items():
+        if not np.isfinite(values).all():
+            raise ImatrixError(f"{path}: imatrix entry {name} contains NaN or Inf values")
+    return ImatrixInput(path, entries, list(data.datasets), int(data.chunk_count))
+
+
+def imatrix_kv_overrides(imatrix: ImatrixInput) -> list[KV]:
+    """The quantize.imatrix.* pairs llama-quantize adds (tools/quantize/quantize.cpp), in its order.
+    String values are truncated to 127 bytes and integers stored as uint32, as it does."""
+    if not imatrix.entries:
+        return []
+    out = [KV("quantize.imatrix.file", GGUFValueType.STRING, _c_str127(imatrix.path_text))]
+    if imatrix.datasets:
+        out.append(KV("quantize.imatrix.dataset", GGUFValueType.STRING, _c_str127(imatrix.datasets[0])))
+    out.append(KV("quantize.imatrix.entries_count", GGUFValueType.UINT32, len(imatrix.entries)))
+    if imatrix.chunk_count > 0:
+        out.append(KV("quantize.imatrix.chunks_count", GGUFValueType.UINT32, imatrix.chunk_count))
+    return out
+
+
+def _c_str127(text: str) -> str:
+    return text.encode("utf-8")[:127].decode("utf-8", errors="ignore")
+
+
+def split_output_paths(out: Path, n_splits: int) -> list[Path]:
+    """llama_split_path names: PREFIX-00001-of-00003.gguf, PREFIX being OUT without .gguf."""
+    if n_splits <= 1:
+        return [out]
+    text = str(out)
+    prefix = text[: text.find(".gguf")] if ".gguf" in text else text
+    return [Path(f"{prefix}-{i + 1:05d}-of-{n_splits:05d}.gguf") for i in range(n_splits)]
+
+
+def default_output_path(src: Path, ftype_name: str) -> Path:
+    """llama-quantize's default: ggml-model-<TYPE>.gguf beside the input."""
+    base = src if src.is_dir() else src.parent
+    return base / f"ggml-model-{ftype_name}.gguf"
+
+
+def check_plan(plan: Plan, options: QuantizeOptions, imatrix: ImatrixInput | None) -> None:
+    """Everything that would stop llama-quantize halfway, found before a byte is written."""
+    requant = [tp for tp in plan.tensors if tp.quantize and tp.ref.type not in FLOAT_TYPES]
+    if requant and not options.allow_requantize:
+        tp = requant[0]
+        raise PlanError(f"{tp.ref.name}: input is already quantized ({tp.ref.type.name}); "
+                        f"requantizing to {tp.type.name} loses quality: pass --allow-requantize to do it anyway")
+    missing = [tp.name for tp in plan.tensors
+               if tp.quantize and tp.requires_imatrix and (imatrix is None or tp.imatrix_name not in imatrix.entries)]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise PlanError(f"{', '.join(missing[:3])}{more}: this type needs an importance matrix: "
+                        f"pass --imatrix FILE (make one with `pyquantize imatrix`)")
+    if imatrix is not None:
+        for tp in plan.tensors:
+            values = imatrix.entries.get(tp.imatrix_name) if tp.quantize else None
+            if values is None:
+                continue
+            n_experts = tp.ne[2] if len(tp.ne) > 2 else 1
+            if values.size != tp.ne[0] * n_experts and tp.ref.name != "token_embd.weight":
+                raise ImatrixError(f"{tp.name}: imatrix entry has {values.size} values, the tensor needs "
+                                   f"{tp.ne[0] * n_experts}: the imatrix was made for another model")
+    for tp in plan.tensors:
+        if not tp.quantize:
+            continue
+        if not kernels.can_quantize(tp.type):
+            raise KernelError(f"{tp.name}: no {tp.type.name} quantizer in this version of pyquantize yet")
+        if tp.ref.type not in FLOAT_TYPES and not kernels.can_dequantize(tp.ref.type):
+            raise KernelError(f"{tp.name}: cannot read {tp.ref.type.name} input yet (no dequantizer)")
+
+
+def _rows_f32(raw: np.ndarray, src_type: T, n_per_row: int) -> np.ndarray:
+    if src_type == T.F32:
+        return raw.view(np.float32).reshape(-1, n_per_row)
+    return kernels.dequantize(raw.reshape(-1, kernels.row_bytes(src_type, n_per_row)), src_type, n_per_row)
+
+
+def quantize_tensor(tp: TensorPlan, imatrix: np.ndarray | None, emit: Callable[[np.ndarray], None]) -> None:
+    """Quantize one tensor in slabs of rows and hand each slab's bytes to `emit`.
+    For 3-D (expert) tensors each expert's rows take that expert's slice of the imatrix."""
+    ref = tp.ref
+    n_per_row = ref.n_per_row
+    raw = ref.load()
+    src_row_bytes = kernels.row_bytes(ref.type, n_per_row)
+    nrows = ref.nrows
+    rows_per_expert = int(ref.ne[1]) if len(ref.ne) > 1 else 1
+    slab_rows = max(1, min(nrows, SLAB_BYTES // max(1, n_per_row * 4)))
+    row = 0
+    while row < nrows:
+        expert = row // rows_per_expert
+        end = min(nrows, row + slab_rows, (expert + 1) * rows_per_expert)
+        x = _rows_f32(raw[row * src_row_bytes:end * src_row_bytes], ref.type, n_per_row)
+        if not np.isfinite(x).all():
+            bad = row + int(np.nonzero(~np.isfinite(x).all(axis=1))[0][0])
+            raise KernelError(f"{ref.name}: row {bad} contains NaN or Inf weights; the input model is damaged")
+        im = imatrix[expert * n_per_row:(expert + 1) * n_per_row] if imatrix is not None else None
+        emit(kernels.quantize(x, tp.type, im))
+        row = end
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    options: QuantizeOptions,
+    imatrix: ImatrixInput | None = None,
+    nthreads: int | None = None,
+    progress: Callable[[str, TensorPlan, int], None] | None = None,
+    source: Source | None = None,
+) -> ConvertResult:
+    """Quantize `src` into `dst` as llama-quantize would. `progress(event, tensor, nbytes)` is
+    called once with ("plan", None, total input bytes) when the kernels are ready, then with
+    "start" and "done" for each tensor (for progress bars)."""
+    src, dst = Path(src), Path(dst)
+    start = time.perf_counter()
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise OutputError(f"{dst}: output is the input file; choose another output name")
+    own_source = source is None
+    source = source or open_source(src)
+    try:
+        if imatrix is not None:
+            options.kv_overrides = list(options.kv_overrides) + imatrix_kv_overrides(imatrix)
+        plan = make_plan(source, options, set(imatrix.entries) if imatrix else None)
+        check_plan(plan, options, imatrix)
+        outputs = split_output_paths(dst, plan.n_splits)
+        for out in outputs:
+            if out.exists() and src.exists() and os.path.samefile(src, out):
+                raise OutputError(f"{out}: output is the input file; choose another output name")
+
+        t_compile = time.perf_counter()
+        kernels.set_threads(nthreads)
+        todo = {tp.type for tp in plan.tensors if tp.quantize} | {tp.ref.type for tp in plan.tensors if tp.quantize and tp.ref.type != T.F32}
+        kernels.warmup(sorted(todo), with_imatrix=imatrix is not None)
+        compile_seconds = time.perf_counter() - t_compile
+
+        if progress:
+            progress("plan", None, sum(tp.ref.nbytes for tp in plan.tensors))
+        write_plan(plan, outputs, imatrix, progress)
+        n_elements = sum(tp.ref.n_elements for tp in plan.tensors)
+        return ConvertResult(outputs, plan, n_elements,
+                             sum(tp.ref.nbytes for tp in plan.tensors), sum(tp.nbytes for tp in plan.tensors),
+                             time.perf_counter() - start, compile_seconds)
+    finally:
+        if own_source:
+            source.close()
+
+
+def shard_kv(plan: Plan, shard: int) -> list[KV]:
+    if plan.n_splits <= 1:
+        return plan.kv
+    if shard > 0:
+        kv = []  # llama.cpp starts later shards from an empty context: split keys only
+    else:
+        kv = list(plan.kv)
+    return kv + [
+        KV("split.no", GGUFValueType.UINT16, shard),
+        KV("split.count", GGUFValueType.UINT16, plan.n_splits),
+        KV("split.tensors.count", GGUFValueType.INT32, len(plan.tensors)),
+    ]
+
+
+def imatrix_for(tp: TensorPlan, imatrix: ImatrixInput | None) -> np.ndarray | None:
+    """The tensor's imatrix values, or None (llama.cpp quantizes without one when the entry is
+    missing, or when a token_embd entry does not fit)."""
+    values = imatrix.entries.get(tp.imatrix_name) if imatrix else None
+    n_experts = tp.ne[2] if len(tp.ne) > 2 else 1
+    if values is None or values.size != tp.ne[0] * n_experts:
+        return None
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
+               progress: Callable[[str, TensorPlan, int], None] | None = None) -> None:
+    with atomic_outputs(outputs) as temps:
+        for shard, tmp in enumerate(temps):
+            members = [tp for tp in plan.tensors if tp.split == shard]
+            infos = [TensorInfo(tp.name, tp.ne, int(tp.type), tp.nbytes) for tp in members]
+            with open(tmp, "wb", buffering=1 << 20) as f:
+                writer = ShardWriter(f, shard_kv(plan, shard), infos)
+                for tp in members:
+                    if progress:
+                        progress("start", tp, tp.ref.nbytes)
+                    if tp.quantize:
+                        quantize_tensor(tp, imatrix_for(tp, imatrix), writer.write)
+                    else:
+                        writer.write(tp.ref.load())
+                    writer.end_tensor()
+                    if progress:
+                        progress("done", tp, tp.ref.nbytes)
+                writer.close()
+
+
+def parse_kv_override(text: str) -> KV:
+    """KEY=TYPE:VALUE as llama.cpp's string_parse_kv_override reads it (int, float, bool, str).
+    llama-quantize stores int as uint32 (absolute value) and float as float32."""
+    from .errors import PlanError
+
+    key, sep, rest = text.partition("=")
+    if not sep or len(key) >= 128:
+        raise PlanError(f"--override-kv {text!r}: expected KEY=TYPE:VALUE, e.g. general.name=str:my-model")
+    kind, colon, value = rest.partition(":")
+    if not colon or kind not in ("int", "float", "bool", "str"):
+        raise PlanError(f"--override-kv {text!r}: type must be int, float, bool or str (KEY=TYPE:VALUE)")
+    if kind == "int":
+        try:
+            number = int(value.strip() or "0")
+        except ValueError:
+            raise PlanError(f"--override-kv {text!r}: {value!r} is not an integer") from None
+        return KV(key, GGUFValueType.UINT32, abs(number) & 0xFFFFFFFF)
+    if kind == "float":
+        try:
+            number = float(value)
+        except ValueError:
+            raise PlanError(f"--override-kv {text!r}: {value!r} is not a number") from None
+        return KV(key, GGUFValueType.FLOAT32, number)
+    if kind == "bool":
+        if value not in ("true", "false"):
+            raise PlanError(f"--override-kv {text!r}: a bool is true or false")
+        return KV(key, GGUFValueType.BOOL, value == "true")
+    if len(value.encode()) > 127:
+        raise PlanError(f"--override-kv {text!r}: a string value cannot exceed 127 bytes")
+    return KV(key, GGUFValueType.STRING, value)

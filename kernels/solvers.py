@@ -14,14 +14,10 @@ error_model="numpy": float division by zero gives inf/nan as in C instead of rai
 import numpy as np
 from numba import njit
 
-from .common import nearest_int as _nearest_int_bits
-
 f32 = np.float32
 
 GROUP_MAX_EPS = f32(1e-15)
 _MAGIC = f32(12582912.0)  # 1.5 * 2**23
-_TWO23 = f32(8388608.0)
-_TWO24 = f32(16777216.0)
 _ZERO = f32(0.0)
 _ONE = f32(1.0)
 _HALF = f32(0.5)
@@ -30,14 +26,11 @@ _TENTH = f32(0.1)
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def nearest_int_fast(fval):
-    """ggml's nearest_int (round half to even via + 1.5 * 2**23 in float32), without a memory
-    allocation per call. When fval + 1.5*2**23 lands in [2**23, 2**24) the sum is an integer and
-    equals the bit-trick result exactly; otherwise (|fval| >= 2**22, inf, nan: the C gives a
-    wrapped value) fall back to the bit trick itself, so every input matches the C."""
+    """ggml's nearest_int: add 1.5 * 2**23 in float32 (ties round to even) and read the low
+    mantissa bits, exactly as the C does for every input. common.nearest_int computes the same
+    but allocates an array per call to get at the bits; a scalar view is a bitcast, and vectorizes."""
     val = f32(fval) + _MAGIC
-    if val >= _TWO23 and val < _TWO24:
-        return np.int32(val - _MAGIC)
-    return np.int32(_nearest_int_bits(fval))
+    return (np.float32(val).view(np.int32) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

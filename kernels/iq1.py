@@ -61,9 +61,17 @@ def _stable_sort(xs, idx, n):
 
 
 @njit(cache=True, nogil=True)
-def _find_best_neighbour2(neighbours, start, grid_l, x, xo, weight, wo, scale, xg, L, lo):
+def _find_best_neighbour2(neighbours, start, grid_l, x, xo, weight, wo, scale, xg, L, lo, cost):
     """iq1_find_best_neighbour2: grid point nearest (weighted) to x[xo:xo+8] at this scale, in
     neighbour-list order, first minimum wins. Writes its digits to L[lo:lo+8]."""
+    # Each term w*diff*diff of the C's sum depends only on (element, level): compute the 8 x 3
+    # terms once, then every neighbour's d2 adds its 8 terms in the C's order (same bits).
+    for i in range(8):
+        w = weight[wo + i]
+        xv = x[xo + i]
+        for l in range(3):
+            diff = scale * xg[l] - xv
+            cost[i, l] = w * diff * diff
     num_neighbors = np.int64(neighbours[start])
     best_score = FLT_MAX
     grid_index = -1
@@ -71,10 +79,7 @@ def _find_best_neighbour2(neighbours, start, grid_l, x, xo, weight, wo, scale, x
         g = np.int64(neighbours[start + j])
         d2 = F0
         for i in range(8):
-            q = xg[grid_l[g, i]]
-            w = weight[wo + i]
-            diff = scale * q - x[xo + i]
-            d2 += w * diff * diff
+            d2 += cost[i, grid_l[g, i]]
         if d2 < best_score:
             best_score = d2
             grid_index = g
@@ -105,7 +110,7 @@ def _find_best_neighbour2(neighbours, start, grid_l, x, xo, weight, wo, scale, x
 # 3 index bits per group of 8, 3-bit scale, delta sign bit); mirrors quantize_row_iq1_s_impl.
 @njit(cache=True, nogil=True)
 def _quantize_iq1_s_block(x, xo, qw, y, yo, grid_l, kmap, neighbours, x_p, x_m,
-                          scales, weight, sumx, sumw, xs, idx, L, index, shifts, qh):
+                          scales, weight, sumx, sumw, xs, idx, L, index, shifts, qh, cost):
     block_size = IQ1S_BLOCK_SIZE
     max_scale = F0
     sumx2 = F0
@@ -141,22 +146,33 @@ def _quantize_iq1_s_block(x, xo, qw, y, yo, grid_l, kmap, neighbours, x_p, x_m,
         besti1 = -1
         besti2 = -1
         best_shift = 0
+        # the C's expressions, with the terms that do not depend on i2 hoisted (same operations, same order)
+        xp0, xp1, xp2 = x_p[0], x_p[1], x_p[2]
+        xm0, xm1, xm2 = x_m[0], x_m[1], x_m[2]
+        sx_end = sumx[block_size]
+        sw_end = sumw[block_size]
         for i1 in range(block_size + 1):
+            dx1 = sumx[i1] - sumx[0]
+            dw1 = sumw[i1] - sumw[0]
+            ax_p = dx1 * xp0
+            aw_p = dw1 * xp0 * xp0
+            ax_m = dx1 * xm0
+            aw_m = dw1 * xm0 * xm0
             for i2 in range(i1, block_size + 1):
-                sumqx = ((sumx[i1] - sumx[0]) * x_p[0] + (sumx[i2] - sumx[i1]) * x_p[1]
-                         + (sumx[block_size] - sumx[i2]) * x_p[2])
-                sumq2 = ((sumw[i1] - sumw[0]) * x_p[0] * x_p[0] + (sumw[i2] - sumw[i1]) * x_p[1] * x_p[1]
-                         + (sumw[block_size] - sumw[i2]) * x_p[2] * x_p[2])
+                dx2 = sumx[i2] - sumx[i1]
+                dw2 = sumw[i2] - sumw[i1]
+                dx3 = sx_end - sumx[i2]
+                dw3 = sw_end - sumw[i2]
+                sumqx = ax_p + dx2 * xp1 + dx3 * xp2
+                sumq2 = aw_p + dw2 * xp1 * xp1 + dw3 * xp2 * xp2
                 if sumq2 > F0 and sumqx * sumqx > best_score * sumq2:
                     scale = sumqx / sumq2
                     best_score = scale * sumqx
                     besti1 = i1
                     besti2 = i2
                     best_shift = 1
-                sumqx = ((sumx[i1] - sumx[0]) * x_m[0] + (sumx[i2] - sumx[i1]) * x_m[1]
-                         + (sumx[block_size] - sumx[i2]) * x_m[2])
-                sumq2 = ((sumw[i1] - sumw[0]) * x_m[0] * x_m[0] + (sumw[i2] - sumw[i1]) * x_m[1] * x_m[1]
-                         + (sumw[block_size] - sumw[i2]) * x_m[2] * x_m[2])
+                sumqx = ax_m + dx2 * xm1 + dx3 * xm2
+                sumq2 = aw_m + dw2 * xm1 * xm1 + dw3 * xm2 * xm2
                 if sumq2 > F0 and sumqx * sumqx > best_score * sumq2:
                     scale = sumqx / sumq2
                     best_score = scale * sumqx
@@ -188,7 +204,7 @@ def _quantize_iq1_s_block(x, xo, qw, y, yo, grid_l, kmap, neighbours, x_p, x_m,
             if grid_index < 0:
                 all_on_grid = False
                 grid_index = _find_best_neighbour2(neighbours, -grid_index - 1, grid_l, x, xb + 8 * k,
-                                                   weight, 8 * k, scale, xx, L, 8 * k)
+                                                   weight, 8 * k, scale, xx, L, 8 * k, cost)
             index[k] = grid_index
         if not all_on_grid:
             sumqx = F0
@@ -246,11 +262,12 @@ def _quantize_iq1_s_rows(x2, qw, grid_l, kmap, neighbours):
         index = np.empty(IQ1S_BLOCK_SIZE // 8, np.int64)
         shifts = np.empty(QK_K // IQ1S_BLOCK_SIZE, np.int64)
         qh = np.empty(QK_K // IQ1S_BLOCK_SIZE, np.int64)
+        cost = np.empty((8, 3), np.float32)
         row = out[r]
         for ibl in range(nb):
             _quantize_iq1_s_block(x, r * n + ibl * QK_K, qw[ibl * QK_K:(ibl + 1) * QK_K], row, ibl * IQ1S_BLOCK_BYTES,
                                   grid_l, kmap, neighbours, x_p, x_m,
-                                  scales, weight, sumx, sumw, xs, idx, L, index, shifts, qh)
+                                  scales, weight, sumx, sumw, xs, idx, L, index, shifts, qh, cost)
     return out
 
 
@@ -294,7 +311,7 @@ def dequantize_iq1_s(blob, n_per_row):
 # super-scale); mirrors quantize_row_iq1_m_impl. Without an imatrix the weights are x*x.
 @njit(cache=True, nogil=True)
 def _quantize_iq1_m_block(x, xo, qw, has_qw, y, yo, grid_l, kmap, neighbours, x_p, x_m,
-                          scales, weight, xs, idx, L, index, shifts, px, pw, sumqx, sumq2, cq):
+                          scales, weight, xs, idx, L, index, shifts, px, pw, cost, cq):
     block_size = IQ1M_BLOCK_SIZE
     # shifts (best_k) -> qh bits: 0: +,+  1: +,-  2: -,+  3: -,-
     max_scale = F0
@@ -370,21 +387,39 @@ def _quantize_iq1_m_block(x, xo, qw, has_qw, y, yo, grid_l, kmap, neighbours, x_
                 q2_m0 = wm0 + pw[0, i1] * cm1 + pw[0, i2] * cm2
                 q2_p1 = wp1 + pw[1, i1] * cp1 + pw[1, i2] * cp2
                 q2_m1 = wm1 + pw[1, i1] * cm1 + pw[1, i2] * cm2
-                sumqx[0] = qx_p0 + qx_p1
-                sumqx[1] = qx_p0 + qx_m1
-                sumqx[2] = qx_m0 + qx_p1
-                sumqx[3] = qx_m0 + qx_m1
-                sumq2[0] = q2_p0 + q2_p1
-                sumq2[1] = q2_p0 + q2_m1
-                sumq2[2] = q2_m0 + q2_p1
-                sumq2[3] = q2_m0 + q2_m1
-                for k in range(4):
-                    if sumq2[k] > F0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
-                        scale = sumqx[k] / sumq2[k]
-                        best_score = scale * sumqx[k]
-                        besti1 = i1
-                        besti2 = i2
-                        best_k = k
+                # k = 0..3 in order: (+,+), (+,-), (-,+), (-,-)
+                sqx = qx_p0 + qx_p1
+                sq2 = q2_p0 + q2_p1
+                if sq2 > F0 and sqx * sqx > best_score * sq2:
+                    scale = sqx / sq2
+                    best_score = scale * sqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_k = 0
+                sqx = qx_p0 + qx_m1
+                sq2 = q2_p0 + q2_m1
+                if sq2 > F0 and sqx * sqx > best_score * sq2:
+                    scale = sqx / sq2
+                    best_score = scale * sqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_k = 1
+                sqx = qx_m0 + qx_p1
+                sq2 = q2_m0 + q2_p1
+                if sq2 > F0 and sqx * sqx > best_score * sq2:
+                    scale = sqx / sq2
+                    best_score = scale * sqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_k = 2
+                sqx = qx_m0 + qx_m1
+                sq2 = q2_m0 + q2_m1
+                if sq2 > F0 and sqx * sqx > best_score * sq2:
+                    scale = sqx / sq2
+                    best_score = scale * sqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_k = 3
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = F0
             shifts[ib] = 0
@@ -413,7 +448,7 @@ def _quantize_iq1_m_block(x, xo, qw, has_qw, y, yo, grid_l, kmap, neighbours, x_
             if grid_index < 0:
                 all_on_grid = False
                 grid_index = _find_best_neighbour2(neighbours, -grid_index - 1, grid_l, x, xb + 8 * k,
-                                                   weight, 8 * k, scale, xx, L, 8 * k)
+                                                   weight, 8 * k, scale, xx, L, 8 * k, cost)
             index[k] = grid_index
         if not all_on_grid:
             sumqx_f = F0
@@ -520,13 +555,12 @@ def _quantize_iq1_m_rows(x2, qw, has_qw, grid_l, kmap, neighbours):
         shifts = np.empty(QK_K // IQ1M_BLOCK_SIZE, np.int64)
         px = np.empty((2, IQ1M_BLOCK_SIZE + 1), np.float32)
         pw = np.empty((2, IQ1M_BLOCK_SIZE + 1), np.float32)
-        sumqx = np.empty(4, np.float32)
-        sumq2 = np.empty(4, np.float32)
+        cost = np.empty((8, 3), np.float32)
         row = out[r]
         for ibl in range(nb):
             _quantize_iq1_m_block(x, r * n + ibl * QK_K, qw[ibl * QK_K:(ibl + 1) * QK_K], has_qw, row,
                                   ibl * IQ1M_BLOCK_BYTES, grid_l, kmap, neighbours, x_p, x_m,
-                                  scales, weight, xs, idx, L, index, shifts, px, pw, sumqx, sumq2, cq)
+                                  scales, weight, xs, idx, L, index, shifts, px, pw, cost, cq)
     return out
 
 

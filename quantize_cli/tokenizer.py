@@ -1,0 +1,710 @@
+"""Tokenizers built from GGUF metadata, giving the token ids llama.cpp gives.
+
+Two vocabulary kinds, as llama.cpp's src/llama-vocab.cpp implements them:
+
+- ``tokenizer.ggml.model = llama``: SentencePiece-style. The whole text (spaces escaped to U+2581,
+  a space prefixed) is split into characters, adjacent pairs are merged highest score first, and
+  characters that never became a token fall back to ``<0xXX>`` byte tokens.
+- ``tokenizer.ggml.model = gpt2``: byte-level BPE. A pre-tokenizer chosen by ``tokenizer.ggml.pre``
+  splits the text into words (llama.cpp's hand-written splitters for gpt2/llama3/qwen2, and its
+  "collapsed" std::regex for the others), each word is byte-encoded and merged by merge rank.
+
+We write this rather than use the ``tokenizers`` package: llama.cpp's splitters are not the
+Hugging Face ones (they use llama.cpp's own Unicode table, ``_unicode_flags.py``, and its own
+regex fallbacks), and matching them exactly is the point.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from functools import lru_cache
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import SourceError
+
+
+class TokenizerError(SourceError):
+    """The model's tokenizer metadata is missing or of a kind we do not support."""
+
+
+# llama_token_attr (llama.h)
+ATTR_UNKNOWN, ATTR_UNUSED, ATTR_NORMAL, ATTR_CONTROL = 1, 2, 4, 8
+ATTR_USER_DEFINED, ATTR_BYTE, ATTR_LSTRIP, ATTR_RSTRIP = 16, 32, 128, 256
+# tokenizer.ggml.token_type values -> attr
+_TYPE_ATTR = {1: ATTR_NORMAL, 2: ATTR_UNKNOWN, 3: ATTR_CONTROL, 4: ATTR_USER_DEFINED, 5: ATTR_UNUSED, 6: ATTR_BYTE}
+
+# unicode_cpt_flags bits (src/unicode.h)
+F_UNDEFINED, F_NUMBER, F_LETTER, F_SEPARATOR = 0x1, 0x2, 0x4, 0x8
+F_ACCENT, F_PUNCT, F_SYMBOL, F_CONTROL = 0x10, 0x20, 0x40, 0x80
+F_WHITESPACE = 0x100
+
+# Texts llama.cpp turns into control tokens when found in a vocabulary (EOT/EOM/EOG/FIM detection).
+_CONTROL_LOOKING = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+    "_<EOT>", "[EOT]", "[EOS]", "<｜end▁of▁sentence｜>", "<end_of_utterance>", "<|eom_id|>", "<|return|>",
+    "<|call|>", "<|flush|>", "<|calls|>", "</s>", "<eos>", "<turn|>",
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>",
+    "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+    "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
+    "▁<MID>", "<|code_middle|>", "<|middle|>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]",
+    "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>",
+}
+
+# --- pre-tokenizer regexes (llm_tokenizer_bpe in llama-vocab.cpp), by tokenizer.ggml.pre ---
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PORO = r" ?[^(\s|.,!?…。，、।۔،)]+"
+
+_PRE: dict[str, tuple[list[str], dict[str, Any]]] = {}
+
+
+def _pre(names: str, exprs: list[str], **flags: Any) -> None:
+    for name in names.split():
+        _PRE[name] = (exprs, flags)
+
+
+_pre("default", [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"])
+_pre("llama3 llama-v3 llama-bpe falcon3 falcon-h1 pixtral midm-2.0 lfm2 jina-v5-nano", [_LLAMA3],
+     ignore_merges=True, add_bos=True)
+_pre("dbrx smaug-bpe", [_LLAMA3])
+_pre("chatglm-bpe", [_LLAMA3], bos=None)
+_pre("glm4 glm5", [_LLAMA3], bos=None, ignore_merges=True)
+_pre("deepseek-coder", [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"])
+_pre("falcon", [r"[\p{P}\$\+<=>\^~\|`]+", r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+                r"[0-9][0-9][0-9]"])
+_pre("starcoder refact command-r smollm codeshell exaone minerva-7b bloom", [r"\p{N}", _GPT2])
+_pre("gpt-2 phi-2 jina-es jina-de gigachat jina-v2-es jina-v2-de a.x-4.0 mellum modern-bert mpt olmo jais "
+     "trillion granite-docling jina-v1-en jina-v2-code roberta-bpe", [_GPT2])
+_pre("qwen2 deepseek-r1-qwen kormo f2llmv2 stablelm2 hunyuan solar-open", [_QWEN2])
+_pre("poro-chat", [_PORO])
+_pre("viking", [_PORO, r"\p{N}"])
+
+
+# --- Unicode classes, from llama.cpp's own table -------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _flags_table() -> np.ndarray:
+    from ._unicode_flags import RANGES, WHITESPACE
+
+    pairs = [p.split(":") for p in RANGES.split()]
+    starts = np.array([int(s, 16) for s, _ in pairs], dtype=np.int64)
+    flags = np.array([int(f, 16) for _, f in pairs], dtype=np.uint16)
+    table = np.repeat(flags[:-1], np.diff(starts))  # the last entry marks the end, 0x110000
+    table[list(WHITESPACE)] |= F_WHITESPACE
+    return table
+
+
+def codepoint_flags(text: str) -> list[int]:
+    cpts = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return _flags_table()[cpts].tolist()
+
+
+# --- pre-tokenizer splitters: each takes (cpts, flags, offsets) and returns new offsets ----------
+# Offsets are lengths in codepoints of consecutive pieces, as in llama.cpp's unicode.cpp.
+
+_OUT = -1  # llama.cpp's OUT_OF_RANGE codepoint
+
+
+def _split_gpt2(cpts: list[int], fl: list[int], offsets: list[int]) -> list[int]:
+    """unicode_regex_split_custom_gpt2: 's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)"""
+    out: list[int] = []
+    start = 0
+    for length in offsets:
+        ini, end = start, start + length
+        start = end
+
+        def flags(pos: int) -> int:
+            return fl[pos] if ini <= pos < end else 0
+
+        pos = ini
+        while pos < end:
+            prev = pos
+            cpt, f = cpts[pos], fl[pos]
+            if cpt == 0x27 and pos + 1 < end:  # '
+                nxt = cpts[pos + 1]
+                if nxt in (0x73, 0x74, 0x6D, 0x64):  # s t m d
+                    pos += 2
+                    out.append(pos - prev)
+                    continue
+                if pos + 2 < end:
+                    pair = (nxt, cpts[pos + 2])
+                    if pair in ((0x72, 0x65), (0x76, 0x65), (0x6C, 0x6C)):  # re ve ll
+                        pos += 3
+                        out.append(pos - prev)
+                        continue
+            f2 = flags(pos + 1) if cpt == 0x20 else f
+            if f2 & F_LETTER:
+                pos += cpt == 0x20
+                while f2 & F_LETTER:
+                    pos += 1
+                    f2 = flags(pos)
+                out.append(pos - prev)
+                continue
+            if f2 & F_NUMBER:
+                pos += cpt == 0x20
+                while f2 & F_NUMBER:
+                    pos += 1
+                    f2 = flags(pos)
+                out.append(pos - prev)
+                continue
+            if not (f2 & (F_WHITESPACE | F_LETTER | F_NUMBER)) and f2:
+                pos += cpt == 0x20
+                while not (f2 & (F_WHITESPACE | F_LETTER | F_NUMBER)) and f2:
+                    pos += 1
+                    f2 = flags(pos)
+                out.append(pos - prev)
+                continue
+            n_ws = 0
+            while flags(pos + n_ws) & F_WHITESPACE:
+                n_ws += 1
+            if n_ws > 1 and pos + n_ws < end:  # \s+(?!\S)
+                pos += n_ws - 1
+            elif n_ws > 0:
+                pos += n_ws
+            else:
+                pos += 1
+            out.append(pos - prev)
+    return out
+
+
+def _split_llama3_like(cpts: list[int], fl: list[int], offsets: list[int], max_digits: int) -> list[int]:
+    """unicode_regex_split_custom_llama3 (max_digits=3) and _qwen2 (max_digits=1)."""
+    out: list[int] = []
+    start = 0
+    for length in offsets:
+        ini, end = start, start + length
+        start = end
+
+        def flags(pos: int) -> int:
+            return fl[pos] if ini <= pos < end else 0
+
+        def cpt_at(pos: int) -> int:
+            return cpts[pos] if ini <= pos < end else _OUT
+
+        pos = ini
+        while pos < end:
+            prev = pos
+            cpt, f = cpts[pos], fl[pos]
+            if cpt == 0x27 and pos + 1 < end:  # (?i:'s|'t|'re|'ve|'m|'ll|'d)
+                nxt = cpts[pos + 1] | 0x20 if 0x41 <= cpts[pos + 1] <= 0x5A else cpts[pos + 1]
+                if nxt in (0x73, 0x74, 0x6D, 0x64):
+                    pos += 2
+                    out.append(pos - prev)
+                    continue
+                if pos + 2 < end:
+                    c2 = cpts[pos + 2] | 0x20 if 0x41 <= cpts[pos + 2] <= 0x5A else cpts[pos + 2]
+                    if (nxt, c2) in ((0x72, 0x65), (0x76, 0x65), (0x6C, 0x6C)):
+                        pos += 3
+                        out.append(pos - prev)
+                        continue
+            # [^\r\n\p{L}\p{N}]?\p{L}+
+            if not (cpt == 0x0D or cpt == 0x0A or f & F_NUMBER):
+                if f & F_LETTER or flags(pos + 1) & F_LETTER:
+                    pos += 1
+                    while flags(pos) & F_LETTER:
+                        pos += 1
+                    out.append(pos - prev)
+                    continue
+            # \p{N}{1,3} (llama3) or \p{N} (qwen2)
+            if f & F_NUMBER:
+                ini_n = pos
+                while flags(pos) & F_NUMBER:
+                    pos += 1
+                    if pos - ini_n >= max_digits:
+                        out.append(pos - prev)
+                        prev = ini_n = pos
+                if pos > prev:
+                    out.append(pos - prev)
+                continue
+            # <space>?[^\s\p{L}\p{N}]+[\r\n]*
+            f2 = flags(pos + 1) if cpt == 0x20 else f
+            if not (f2 & (F_WHITESPACE | F_LETTER | F_NUMBER)) and f:
+                pos += cpt == 0x20
+                while not (f2 & (F_WHITESPACE | F_LETTER | F_NUMBER)) and f2:
+                    pos += 1
+                    f2 = flags(pos)
+                c2 = cpt_at(pos)
+                while c2 == 0x0D or c2 == 0x0A:
+                    pos += 1
+                    c2 = cpt_at(pos)
+                out.append(pos - prev)
+                continue
+            n_ws = 0
+            last_rn = 0
+            while flags(pos + n_ws) & F_WHITESPACE:
+                c2 = cpts[pos + n_ws]
+                if c2 == 0x0D or c2 == 0x0A:
+                    last_rn = pos + n_ws + 1
+                n_ws += 1
+            if last_rn > 0:  # \s*[\r\n]+
+                pos = last_rn
+            elif n_ws > 1 and pos + n_ws < end:  # \s+(?!\S)
+                pos += n_ws - 1
+            elif n_ws > 0:  # \s+
+                pos += n_ws
+            else:
+                pos += 1
+            out.append(pos - prev)
+    return out
+
+
+# unicode_regex_split's "collapsed" fallback: every codepoint >= 128 becomes one byte naming its
+# class, and \p{X} in the regex becomes a class of that byte plus the ASCII members.
+_UCAT = {r"\p{N}": F_NUMBER, r"\p{L}": F_LETTER, r"\p{P}": F_PUNCT, r"\p{M}": F_ACCENT, r"\p{S}": F_SYMBOL,
+         r"\p{Lu}": F_LETTER, r"\p{Ll}": F_LETTER, r"\p{Lt}": F_LETTER, r"\p{Lm}": F_LETTER, r"\p{Lo}": F_LETTER}
+_UCAT_CPT = {F_NUMBER: "\xD1", F_LETTER: "\xD2", F_PUNCT: "\xD3", F_ACCENT: "\xD4", F_SYMBOL: "\xD5"}
+_UCAT_ASCII = {F_NUMBER: "0-9", F_LETTER: "A-Za-z", F_PUNCT: r"!-#%-*,-/:-;?-@\[-\]_\{\}", F_ACCENT: "",
+               F_SYMBOL: r"\$\+<->\^`\|\~"}
+
+
+def _collapse_regex(expr: str) -> str:
+    out = []
+    inside = False
+    i = 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch == "[" and (i == 0 or expr[i - 1] != "\\"):
+            out.append("[")
+            inside = True
+        elif inside and ch == "]" and expr[i - 1] != "\\":
+            out.append("]")
+            inside = False
+        elif expr.startswith(r"\p{", i):
+            close = expr.find("}", i + 3)
+            pat = expr[i:close + 1] if close != -1 and close <= i + 10 else ""
+            if pat in _UCAT:
+                cat = _UCAT[pat]
+                body = _UCAT_CPT[cat] + _UCAT_ASCII[cat]
+                out.append(body if inside else "[" + body + "]")
+                i = close + 1
+                continue
+            out.append(ch)
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _split_regex(text: str, fl: list[int], expr: str, offsets: list[int]) -> list[int]:
+    """unicode_regex_split_stl over the collapsed (or whitespace-folded) text."""
+    if any(cat in expr for cat in _UCAT):
+        folded = _collapsed_text(text, fl)
+        pattern = re.compile(_collapse_regex(expr), re.ASCII)
+    else:
+        folded = "".join("\x0b" if ord(c) > 0x7F and f & F_WHITESPACE else c for c, f in zip(text, fl))
+        pattern = re.compile(expr, re.ASCII)
+    out: list[int] = []
+    start = 0
+    for length in offsets:
+        seg_start = 0
+        for m in pattern.finditer(folded, start, start + length):
+            pos, n = m.start() - start, m.end() - m.start()
+            if pos > seg_start:
+                out.append(pos - seg_start)
+            out.append(n)
+            seg_start = pos + n
+        if seg_start < length:
+            out.append(length - seg_start)
+        start += length
+    return [n for n in out if n]  # std::regex_iterator never yields an empty match here
+
+
+def _collapsed_text(text: str, fl: list[int]) -> str:
+    chars = []
+    for c, f in zip(text, fl):
+        if ord(c) < 128:
+            chars.append(c)
+        elif f & F_WHITESPACE:
+            chars.append("\x0b")
+        else:
+            chars.append(_UCAT_CPT.get(f & 0xFF, "\xD0"))
+    return "".join(chars)
+
+
+def pre_tokenize(text: str, exprs: list[str]) -> list[str]:
+    """Split `text` into words the way llama.cpp's unicode_regex_split does for these regexes."""
+    if not text:
+        return []
+    cpts = list(map(ord, text))
+    fl = codepoint_flags(text)
+    offsets = [len(cpts)]
+    for expr in exprs:
+        if expr == _GPT2:
+            offsets = _split_gpt2(cpts, fl, offsets)
+        elif expr == _LLAMA3:
+            offsets = _split_llama3_like(cpts, fl, offsets, 3)
+        elif expr == _QWEN2:
+            offsets = _split_llama3_like(cpts, fl, offsets, 1)
+        else:
+            offsets = _split_regex(text, fl, expr, offsets)
+    words, pos = [], 0
+    for n in offsets:
+        words.append(text[pos:pos + n])
+        pos += n
+    return words
+
+
+@lru_cache(maxsize=1)
+def _byte_encoder() -> list[str]:
+    """GPT-2's bytes_to_unicode (unicode_byte_to_utf8_map)."""
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    enc = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in enc:
+            enc[b] = chr(256 + n)
+            n += 1
+    return [enc[b] for b in range(256)]
+
+
+# --- the tokenizer ---------------------------------------------------------------------------------
+
+class Tokenizer:
+    """llama.cpp's tokenizer for one vocabulary. ``encode(text)`` is llama_tokenize."""
+
+    def __init__(self, get: Callable[[str, Any], Any]):
+        model = get("tokenizer.ggml.model", None)
+        tokens = get("tokenizer.ggml.tokens", None)
+        if model is None or tokens is None:
+            raise TokenizerError("the model has no tokenizer metadata (tokenizer.ggml.model / tokenizer.ggml.tokens); "
+                                 "convert it again with its tokenizer")
+        self.model = str(model)
+        self.pre = get("tokenizer.ggml.pre", None)
+        self.tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        n = len(self.tokens)
+        self.token_to_id = {t: i for i, t in enumerate(self.tokens)}
+        scores = get("tokenizer.ggml.scores", None)
+        self.scores = [float(s) for s in scores] if scores is not None else [0.0] * n
+        types = get("tokenizer.ggml.token_type", None)
+        self.attrs = [_TYPE_ATTR.get(int(t), 0) for t in types] if types is not None else [ATTR_NORMAL] * n
+        self.ignore_merges = False
+        self.add_space_prefix = False
+        self.add_bos = False
+        self.add_eos = False
+        self.merges: dict[tuple[str, str], int] = {}
+
+        if self.model == "llama":
+            bos, eos = 1, 2
+            self.add_space_prefix = True
+            self.add_bos = True
+            self.exprs: list[str] = []
+        elif self.model == "gpt2":
+            bos, eos = 11, 11
+            merges = get("tokenizer.ggml.merges", None)
+            if merges is None:
+                raise TokenizerError("the model's gpt2 tokenizer has no merges (tokenizer.ggml.merges)")
+            for rank, word in enumerate(merges):
+                pos = word.find(" ", 1)
+                pair = (word[:pos], word[pos + 1:]) if pos != -1 else ("", "")
+                self.merges.setdefault(pair, rank)  # std::map::emplace keeps the first
+            pre = self.pre or "default"
+            if pre not in _PRE:
+                raise TokenizerError(f"pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported; supported: "
+                                     + ", ".join(sorted(_PRE)))
+            self.exprs, flags = _PRE[pre]
+            self.ignore_merges = flags.get("ignore_merges", False)
+            self.add_bos = flags.get("add_bos", False)
+            if "bos" in flags:
+                bos = flags["bos"]
+        else:
+            raise TokenizerError(f"tokenizer model {self.model!r} is not supported (only 'llama' SentencePiece "
+                                 "and 'gpt2' byte-level BPE)")
+
+        def special(key: str, default: int | None) -> int | None:
+            if default is not None and default >= n:
+                default = None
+            value = get(key, None)
+            if value is None or int(value) >= n:
+                return default
+            return int(value)
+
+        self.bos_id = special("tokenizer.ggml.bos_token_id", bos)
+        self.eos_id = special("tokenizer.ggml.eos_token_id", eos)
+        self.add_space_prefix = bool(get("tokenizer.ggml.add_space_prefix", self.add_space_prefix))
+        self.add_bos = bool(get("tokenizer.ggml.add_bos_token", self.add_bos))
+        self.add_eos = bool(get("tokenizer.ggml.add_eos_token", self.add_eos))
+
+        for i, text in enumerate(self.tokens):
+            if text in _CONTROL_LOOKING:  # llama.cpp adds CONTROL to end-of-generation/FIM-looking tokens
+                self.attrs[i] |= ATTR_CONTROL
+        # the special tokens cache: longest first (llama.cpp's std::sort is not stable; ties rarely matter)
+        self.special_ids = sorted(
+            (i for i, a in enumerate(self.attrs) if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)),
+            key=lambda i: -len(self.tokens[i].encode()))
+        name = str(get("general.name", "") or "").lower()
+        if "phi-3" in name or "phi3" in name:
+            for i in self.special_ids:
+                self.attrs[i] |= ATTR_RSTRIP
+            for t, on in (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False)):
+                if t in self.token_to_id:
+                    i = self.token_to_id[t]
+                    self.attrs[i] = self.attrs[i] | ATTR_RSTRIP if on else self.attrs[i] & ~ATTR_RSTRIP
+        self._bpe_cache: dict[str, list[int]] = {}
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tokens)
+
+    # -- llama_vocab::impl::tokenize
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        fragments: list[str | int] = [text] if text else []
+        fragments = self._partition_special(fragments, parse_special)
+        out: list[int] = []
+        if self.model == "llama":
+            if add_special and self.add_bos:
+                out.append(self.bos_id)
+            prev_special = True
+            for frag in fragments:
+                if isinstance(frag, int):
+                    out.append(frag)
+                    prev_special = True
+                    continue
+                piece = (" " if self.add_space_prefix and prev_special else "") + frag
+                self._spm(piece.replace(" ", "\u2581"), out)
+                prev_special = False
+        else:
+            if add_special and self.add_bos:
+                out.append(self.bos_id)
+            for frag in fragments:
+                if isinstance(frag, int):
+                    out.append(frag)
+                else:
+                    self._bpe(frag, out)
+        if add_special and self.add_eos:
+            out.append(self.eos_id)
+        return out
+
+    def _partition_special(self, fragments: list[str | int], parse_special: bool) -> list[str | int]:
+        """tokenizer_st_partition: cut special-token texts out of the raw text, longest first."""
+        for sid in self.special_ids:
+            attr = self.attrs[sid]
+            if not parse_special and attr & (ATTR_CONTROL | ATTR_UNKNOWN):
+                continue
+            stext = self.tokens[sid]
+            if not any(isinstance(f, str) and stext in f for f in fragments):
+                continue
+            new: list[str | int] = []
+            for frag in fragments:
+                if isinstance(frag, int) or stext not in frag:
+                    new.append(frag)
+                    continue
+                rest = frag
+                while True:
+                    at = rest.find(stext)
+                    if at == -1:
+                        if rest:
+                            new.append(rest)
+                        break
+                    left = rest[:at]
+                    if attr & ATTR_LSTRIP:
+                        left = left.rstrip(" \t\n\v\f\r")
+                    if left:
+                        new.append(left)
+                    new.append(sid)
+                    rest = rest[at + len(stext):]
+                    if attr & ATTR_RSTRIP:
+                        rest = rest.lstrip(" \t\n\v\f\r")
+            fragments = new
+        return fragments
+
+    def byte_to_token(self, b: int) -> int:
+        if self.model == "llama":
+            tid = self.token_to_id.get(f"<0x{b:02X}>")
+            if tid is None:
+                tid = self.token_to_id.get(chr(b))
+        else:
+            tid = self.token_to_id.get(_byte_encoder()[b])
+        if tid is None:
+            raise TokenizerError(f"the vocabulary has no token for byte 0x{b:02X} (no byte fallback)")
+        return tid
+
+    # -- llm_tokenizer_spm_session::tokenize
+    def _spm(self, text: str, out: list[int]) -> None:
+        n = len(text)
+        if n == 0:
+            return
+        start = list(range(n))
+        size = [1] * n
+        prev = list(range(-1, n - 1))
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        vocab, scores = self.token_to_id, self.scores
+        queue: list[tuple[float, int, int, int]] = []
+
+        def try_add(left: int, right: int) -> None:
+            if left == -1 or right == -1:
+                return
+            tid = vocab.get(text[start[left]:start[left] + size[left] + size[right]])
+            if tid is None:
+                return
+            # highest score first, then leftmost (llm_bigram_spm::comparator)
+            heapq.heappush(queue, (-scores[tid], left, right, size[left] + size[right]))
+
+        for i in range(1, n):
+            try_add(i - 1, i)
+        while queue:
+            _, left, right, total = heapq.heappop(queue)
+            if size[left] == 0 or size[right] == 0 or size[left] + size[right] != total:
+                continue  # one side was merged since this pair was queued
+            size[left] += size[right]
+            size[right] = 0
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            try_add(prev[left], left)
+            try_add(left, nxt[left])
+        i = 0
+        while i != -1:
+            piece = text[start[i]:start[i] + size[i]]
+            tid = vocab.get(piece)
+            if tid is not None:
+                out.append(tid)
+            else:  # a character that is no token: byte fallback
+                out.extend(self.byte_to_token(b) for b in piece.encode("utf-8"))
+            i = nxt[i]
+
+    # -- llm_tokenizer_bpe_session::tokenize
+    def _bpe(self, text: str, out: list[int]) -> None:
+        enc = _byte_encoder()
+        cache = self._bpe_cache
+        for word in pre_tokenize(text, self.exprs):
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._bpe_word("".join(enc[b] for b in word.encode("utf-8")))
+                if len(cache) < 200_000:
+                    cache[word] = ids
+            out.extend(ids)
+
+    def _bpe_word(self, word: str) -> list[int]:
+        vocab = self.token_to_id
+        if self.ignore_merges and word in vocab:
+            return [vocab[word]]
+        syms = list(word)
+        n = len(syms)
+        prev = list(range(-1, n - 1))
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        merges = self.merges
+        queue: list[tuple[int, int, int, str]] = []
+
+        def add(left: int, right: int) -> None:
+            if left == -1 or right == -1:
+                return
+            rank = merges.get((syms[left], syms[right]))
+            if rank is not None:
+                heapq.heappush(queue, (rank, left, right, syms[left] + syms[right]))
+
+        for i in range(1, n):
+            add(i - 1, i)
+        while queue:
+            _, left, right, merged = heapq.heappop(queue)
+            if not syms[left] or not syms[right] or syms[left] + syms[right] != merged:
+                continue  # outdated pair
+            syms[left] = merged
+            syms[right] = ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            add(prev[left], left)
+            add(left, nxt[left])
+        ids: list[int] = []
+        i = 0
+        while i != -1:
+            sym = syms[i]
+            tid = vocab.get(sym)
+            if tid is not None:
+                ids.append(tid)
+            else:
+                # llama.cpp looks each UTF-8 byte of the encoded symbol up as a one-byte string, so
+                # only ASCII ones can be found; the others are silently dropped, as there.
+                for b in sym.encode("utf-8"):
+                    if b < 0x80 and chr(b) in vocab:
+                        ids.append(vocab[chr(b)])
+            i = nxt[i]
+        return ids
+
+    def decode_piece(self, tid: int) -> str:
+        """The token's text, for messages (not a full detokenizer)."""
+        return self.tokens[tid]
+
+
+def tokenizer_from_source(source) -> Tokenizer:
+    """A Tokenizer from a quantize_cli.source.Source (GGUF metadata)."""
+    return Tokenizer(source.kv_value)
+
+
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_NP = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32, 7: np.bool_,
+       10: np.uint64, 11: np.int64, 12: np.float64}
+
+
+def read_gguf_metadata(path) -> dict[str, Any]:
+    """All key/value pairs of a GGUF file, read in one pass.
+
+    The gguf package's reader builds an object per array element, which takes tens of seconds for
+    a 150k-token vocabulary with its merges; this reads the same in well under a second."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if len(head) < 24 or head[:4] != b"GGUF":
+            raise TokenizerError(f"{path}: not a GGUF file")
+        version, _n_tensors, n_kv = struct.unpack_from("<IQQ", head, 4)
+        if version not in (2, 3):
+            raise TokenizerError(f"{path}: GGUF version {version} is not supported (only 2 and 3)")
+        import mmap
+
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    pos = 24
+    unpack_from = struct.unpack_from
+
+    def string() -> str:
+        nonlocal pos
+        (n,) = unpack_from("<Q", buf, pos)
+        s = bytes(buf[pos + 8:pos + 8 + n]).decode("utf-8", errors="replace")
+        pos += 8 + n
+        return s
+
+    def value(vtype: int) -> Any:
+        nonlocal pos
+        if vtype == 8:
+            return string()
+        if vtype == 9:
+            (item, count) = unpack_from("<IQ", buf, pos)
+            pos += 12
+            if item == 8:
+                return [string() for _ in range(count)]
+            if item in _NP:
+                arr = np.frombuffer(buf, dtype=_NP[item], count=count, offset=pos).copy()
+                pos += arr.nbytes
+                return arr.tolist()
+            return [value(item) for _ in range(count)]
+        fmt = _SCALAR.get(vtype)
+        if fmt is None:
+            raise TokenizerError(f"{path}: unknown metadata value type {vtype}")
+        (v,) = unpack_from(fmt, buf, pos)
+        pos += struct.calcsize(fmt)
+        return v
+
+    meta: dict[str, Any] = {}
+    try:
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = unpack_from("<I", buf, pos)
+            pos += 4
+            meta[key] = value(vtype)
+    except (struct.error, ValueError) as exc:
+        raise TokenizerError(f"{path}: truncated or corrupt GGUF metadata ({exc})") from None
+    return meta
+
+
+def tokenizer_from_gguf(path) -> Tokenizer:
+    """A Tokenizer straight from a GGUF file's metadata (vocab-only files too)."""
+    meta = read_gguf_metadata(path)
+    return Tokenizer(meta.get)

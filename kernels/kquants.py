@@ -14,9 +14,10 @@ from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
-from .common import fp16_to_fp32, fp32_to_fp16
 from .solvers import (
     GROUP_MAX_EPS,
+    fp16_to_fp32_fast,
+    fp32_to_fp16_fast,
     get_scale_min_k4,
     make_q3_quants,
     make_qkx2_quants,
@@ -24,6 +25,7 @@ from .solvers import (
     make_qp_quants,
     make_qx_quants,
     nearest_int_fast,
+    solver_scratch,
 )
 
 f32 = np.float32
@@ -61,7 +63,7 @@ def _put_fp16(y, o, h):
 
 @njit(cache=True, nogil=True)
 def _get_fp16(y, o):
-    return fp16_to_fp32(np.uint16(y[o]) | (np.uint16(y[o + 1]) << np.uint16(8)))
+    return fp16_to_fp32_fast(np.uint16(y[o]) | (np.uint16(y[o + 1]) << np.uint16(8)))
 
 
 @njit(cache=True, nogil=True)
@@ -94,6 +96,7 @@ def _q2_k_requantize(xb, y, o, L, dm, mm):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _q2_k_row_ref(x, y):
     nb = x.shape[0] // QK_K
+    sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)
     Laux = np.zeros(16, dtype=np.uint8)
     weights = np.empty(16, dtype=np.float32)
@@ -108,7 +111,7 @@ def _q2_k_row_ref(x, y):
             for l in range(16):
                 weights[l] = abs(xb[16 * j + l])
             scale, the_min = make_qkx2_quants(16, 3, xb[16 * j:16 * j + 16], weights, L[16 * j:16 * j + 16],
-                                              Laux, _Q2_REF_RMIN, _Q2_REF_RDELTA, 15, True)
+                                              Laux, _Q2_REF_RMIN, _Q2_REF_RDELTA, 15, True, sbuf)
             scales[j] = scale
             mins[j] = the_min
             if scale > max_scale:
@@ -119,20 +122,20 @@ def _q2_k_row_ref(x, y):
             iscale = _Q4SCALE / max_scale
             for j in range(QK_K // 16):
                 y[o + j] = nearest_int_fast(iscale * scales[j]) & 0xFF
-            hd = fp32_to_fp16(max_scale / _Q4SCALE)
+            hd = fp32_to_fp16_fast(max_scale / _Q4SCALE)
         else:
             for j in range(QK_K // 16):
                 y[o + j] = 0
-            hd = fp32_to_fp16(_ZERO)
+            hd = fp32_to_fp16_fast(_ZERO)
         if max_min > _ZERO:
             iscale = _Q4SCALE / max_min
             for j in range(QK_K // 16):
                 l = nearest_int_fast(iscale * mins[j])
                 y[o + j] = (np.int64(y[o + j]) | (np.int64(l) << 4)) & 0xFF
-            hm = fp32_to_fp16(max_min / _Q4SCALE)
+            hm = fp32_to_fp16_fast(max_min / _Q4SCALE)
         else:
-            hm = fp32_to_fp16(_ZERO)
-        _q2_k_requantize(xb, y, o, L, fp16_to_fp32(hd), fp16_to_fp32(hm))
+            hm = fp32_to_fp16_fast(_ZERO)
+        _q2_k_requantize(xb, y, o, L, fp16_to_fp32_fast(hd), fp16_to_fp32_fast(hm))
         _pack_2bit(L, y, o + 16)
         _put_fp16(y, o + 80, hd)
         _put_fp16(y, o + 82, hm)
@@ -141,6 +144,7 @@ def _q2_k_row_ref(x, y):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _q2_k_row_impl(x, y, quant_weights):
     nb = x.shape[0] // QK_K
+    sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)
     Laux = np.zeros(16, dtype=np.uint8)
     mins = np.empty(QK_K // 16, dtype=np.float32)
@@ -165,16 +169,16 @@ def _q2_k_row_impl(x, y, quant_weights):
                 s += weight[l]
             sw[j] = s
             scale, the_min = make_qkx3_quants(16, 3, xb[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16],
-                                              Laux, _IMPL_RMIN, _IMPL_RDELTA, 36, False)
+                                              Laux, _IMPL_RMIN, _IMPL_RDELTA, 36, False, sbuf)
             scales[j] = scale
             mins[j] = the_min
         dm = make_qp_quants(QK_K // 16, 15, scales, Ls, sw)
         mm = make_qp_quants(QK_K // 16, 15, mins, Lm, sw)
-        hd = fp32_to_fp16(dm)
-        hm = fp32_to_fp16(mm)
+        hd = fp32_to_fp16_fast(dm)
+        hm = fp32_to_fp16_fast(mm)
         for j in range(QK_K // 16):
             y[o + j] = (np.int64(Ls[j]) | (np.int64(Lm[j]) << 4)) & 0xFF
-        _q2_k_requantize(xb, y, o, L, fp16_to_fp32(hd), fp16_to_fp32(hm))
+        _q2_k_requantize(xb, y, o, L, fp16_to_fp32_fast(hd), fp16_to_fp32_fast(hm))
         _pack_2bit(L, y, o + 16)
         _put_fp16(y, o + 80, hd)
         _put_fp16(y, o + 82, hm)
@@ -235,7 +239,7 @@ def _q3_k_put_scale(y, s, j, l):
 def _q3_k_finish(xb, y, o, L, hd):
     """The common tail of both Q3_K paths: requantize with the fp16-rounded scales, then pack."""
     s = o + 96
-    dall = fp16_to_fp32(hd)
+    dall = fp16_to_fp32_fast(hd)
     for j in range(QK_K // 16):
         sc = (np.int64(y[s + j]) & 0xF) if j < 8 else (np.int64(y[s + j - 8]) >> 4)
         sc = (sc | (((np.int64(y[s + 8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
@@ -287,15 +291,16 @@ def _q3_k_row_ref(x, y):
                 l = ((nearest_int_fast(iscale * scales[j]) + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
                 l = max(-32, min(31, l)) + 32
                 _q3_k_put_scale(y, s, j, l)
-            hd = fp32_to_fp16(_ONE / iscale)
+            hd = fp32_to_fp16_fast(_ONE / iscale)
         else:
-            hd = fp32_to_fp16(_ZERO)
+            hd = fp32_to_fp16_fast(_ZERO)
         _q3_k_finish(xb, y, o, L, hd)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _q3_k_row_impl(x, y, quant_weights):
     nb = x.shape[0] // QK_K
+    sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.int8)
     scales = np.empty(QK_K // 16, dtype=np.float32)
     weight = np.empty(16, dtype=np.float32)
@@ -317,13 +322,13 @@ def _q3_k_row_impl(x, y, quant_weights):
             for l in range(16):
                 sumw += weight[l]
             sw[j] = sumw
-            scales[j] = make_qx_quants(16, 4, xb[16 * j:16 * j + 16], L[16 * j:16 * j + 16], 1, weight)
+            scales[j] = make_qx_quants(16, 4, xb[16 * j:16 * j + 16], L[16 * j:16 * j + 16], 1, weight, sbuf)
         for k in range(12):
             y[s + k] = 0
-        d_block = make_qx_quants(QK_K // 16, 32, scales, Ls, 1, sw)
+        d_block = make_qx_quants(QK_K // 16, 32, scales, Ls, 1, sw, sbuf)
         for j in range(QK_K // 16):
             _q3_k_put_scale(y, s, j, np.int64(Ls[j]))
-        _q3_k_finish(xb, y, o, L, fp32_to_fp16(d_block))
+        _q3_k_finish(xb, y, o, L, fp32_to_fp16_fast(d_block))
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -389,8 +394,8 @@ def _put_scale_min_k4(y, s, j, ls, lm):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _k4_requantize(xb, y, o, L, nmax, hd, hm):
-    dall = fp16_to_fp32(hd)
-    mall = fp16_to_fp32(hm)
+    dall = fp16_to_fp32_fast(hd)
+    mall = fp16_to_fp32_fast(hm)
     for j in range(QK_K // 32):
         sc, m = get_scale_min_k4(j, y, o + 4)
         d = dall * f32(sc)
@@ -407,6 +412,7 @@ def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
     """quantize_row_q4_K_ref (nmax 15) / quantize_row_q5_K_ref (nmax 31) up to the packing of
     the quants; calls pack(L, block) per block through the nmax switch."""
     nb = x.shape[0] // QK_K
+    sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)
     Laux = np.zeros(32, dtype=np.uint8)
     weights = np.empty(32, dtype=np.float32)
@@ -425,7 +431,7 @@ def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
             for l in range(32):
                 weights[l] = av_x + abs(xb[32 * j + l])
             scale, the_min = make_qkx2_quants(32, nmax, xb[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
-                                              Laux, rmin, rdelta, nstep, False)
+                                              Laux, rmin, rdelta, nstep, False, sbuf)
             scales[j] = scale
             mins[j] = the_min
             if scale > max_scale:
@@ -438,8 +444,8 @@ def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
             ls = min(63, nearest_int_fast(inv_scale * scales[j]) & 0xFF)  # uint8_t ls = nearest_int(...)
             lm = min(63, nearest_int_fast(inv_min * mins[j]) & 0xFF)
             _put_scale_min_k4(y, o + 4, j, np.int64(ls), np.int64(lm))
-        hd = fp32_to_fp16(max_scale / _F63)
-        hm = fp32_to_fp16(max_min / _F63)
+        hd = fp32_to_fp16_fast(max_scale / _F63)
+        hm = fp32_to_fp16_fast(max_min / _F63)
         _k4_requantize(xb, y, o, L, nmax, hd, hm)
         _put_fp16(y, o, hd)
         _put_fp16(y, o + 2, hm)
@@ -453,6 +459,7 @@ def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
 def _k4_row_impl(x, y, quant_weights, nmax, bs):
     """quantize_row_q4_K_impl (nmax 15) / quantize_row_q5_K_impl (nmax 31), imatrix given."""
     nb = x.shape[0] // QK_K
+    sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)
     Laux = np.zeros(32, dtype=np.uint8)
     Ls = np.zeros(QK_K // 32, dtype=np.uint8)
@@ -477,7 +484,7 @@ def _k4_row_impl(x, y, quant_weights, nmax, bs):
                 sumw += weights[l]
             sw[j] = sumw
             scale, the_min = make_qkx3_quants(32, nmax, xb[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
-                                              Laux, _IMPL_RMIN, _IMPL_RDELTA, 36, False)
+                                              Laux, _IMPL_RMIN, _IMPL_RDELTA, 36, False, sbuf)
             scales[j] = scale
             mins[j] = the_min
         d_block = make_qp_quants(QK_K // 32, 63, scales, Ls, sw)
@@ -489,8 +496,8 @@ def _k4_row_impl(x, y, quant_weights, nmax, bs):
                 ls = min(63, ls)
                 lm = min(63, lm)
             _put_scale_min_k4(y, o + 4, j, ls, lm)
-        hd = fp32_to_fp16(d_block)
-        hm = fp32_to_fp16(m_block)
+        hd = fp32_to_fp16_fast(d_block)
+        hm = fp32_to_fp16_fast(m_block)
         _k4_requantize(xb, y, o, L, nmax, hd, hm)
         _put_fp16(y, o, hd)
         _put_fp16(y, o + 2, hm)
@@ -601,6 +608,7 @@ def _k4_dequantize_row(b, y, bs, high):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _q6_k_row(x, y, quant_weights):
     nb = x.shape[0] // QK_K
+    sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.int8)
     scales = np.empty(QK_K // 16, dtype=np.float32)
     sc = np.empty(QK_K // 16, dtype=np.int64)
@@ -611,11 +619,11 @@ def _q6_k_row(x, y, quant_weights):
         max_abs_scale = _ZERO
         for ib in range(QK_K // 16):
             if quant_weights is None:
-                scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1, None)
+                scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1, None, sbuf)
             else:
                 qo = QK_K * i + 16 * ib
                 scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1,
-                                       quant_weights[qo:qo + 16])
+                                       quant_weights[qo:qo + 16], sbuf)
             scales[ib] = scale
             abs_scale = abs(scale)
             if abs_scale > max_abs_scale:
@@ -626,13 +634,13 @@ def _q6_k_row(x, y, quant_weights):
                 y[o + k] = 0  # memset(&y[i], 0, ...); d = fp16(0) is 0 too
             continue
         iscale = _M128 / max_scale
-        hd = fp32_to_fp16(_ONE / iscale)
+        hd = fp32_to_fp16_fast(_ONE / iscale)
         _put_fp16(y, o + 208, hd)
         for ib in range(QK_K // 16):
             v = min(127, nearest_int_fast(iscale * scales[ib]))
             sc[ib] = ((v + 128) & 0xFF) - 128  # stored as int8_t
             y[o + 192 + ib] = sc[ib] & 0xFF
-        dall = fp16_to_fp32(hd)
+        dall = fp16_to_fp32_fast(hd)
         for j in range(QK_K // 16):
             d = dall * f32(sc[j])
             if d == _ZERO:

@@ -44,9 +44,10 @@ def type_sizes(qtype: T) -> tuple[int, int]:
 
 
 def row_bytes(qtype: T, n_per_row: int) -> int:
-    """ggml_row_size."""
+    """ggml_row_size: type_size * n / block_size (its assert that the block divides n is compiled
+    out, so a row that does not fit still gets a size in a dry run)."""
     block_size, type_size = type_sizes(qtype)
-    return n_per_row // block_size * type_size
+    return type_size * n_per_row // block_size
 
 
 class FType(enum.IntEnum):
@@ -239,6 +240,7 @@ class Plan:
     # without --allow-requantize); empty when the plan can run. make_plan never raises for these,
     # so that --dry-run can show the plan anyway.
     errors: list[str] = field(default_factory=list)
+    missing_imatrix: list[str] = field(default_factory=list)  # tensors that need an imatrix entry and have none
 
     @property
     def bytes_in(self) -> int:
@@ -1067,6 +1069,7 @@ def make_plan(source: Source, options: QuantizeOptions,
     decisions: list[TensorPlan] = []
     missing_imatrix: list[str] = []
     wrong_size: list[str] = []
+    errors: list[str] = []
     requantize: list[str] = []
     for ref in kept:
         name = new_names[ref.name]
@@ -1100,13 +1103,17 @@ def make_plan(source: Source, options: QuantizeOptions,
                     tensor_plan.imatrix_name = entry
             if requires and not tensor_plan.imatrix_name:
                 missing_imatrix.append(name)
+        if tensor_plan.quantize and ref.ne[0] % type_sizes(qtype)[0]:
+            # only an explicit --output-tensor-type / --token-embedding-type skips the fallback
+            errors.append(f"{name}: row {ref.ne[0]} is not a multiple of {type_sizes(qtype)[0]} ({qtype.name}); "
+                          f"llama.cpp aborts here: choose a type whose block size divides {ref.ne[0]}")
         if tensor_plan.quantize and ref.type not in _NOT_QUANTIZED and not options.allow_requantize:
             requantize.append(f"{name} ({ref.type.name})")
         decisions.append(tensor_plan)
 
     # what would stop llama.cpp (at its first offending tensor) once it starts writing; a dry run
     # only warns about the imatrix, as llama.cpp's does
-    errors: list[str] = list(wrong_size)
+    errors = wrong_size + errors
     warnings: list[str] = []
     if missing_imatrix:
         shown = ", ".join(missing_imatrix[:5]) + (f" and {len(missing_imatrix) - 5} more" if len(missing_imatrix) > 5 else "")
@@ -1130,7 +1137,7 @@ def make_plan(source: Source, options: QuantizeOptions,
                 n_splits=n_splits, n_fallback=qs.n_fallback,
                 n_elements=sum(t.n_elements for t in source.tensors), has_imatrix=has_imatrix,
                 block_count=block_count, arch=info.arch, generic=generic, notes=notes, warnings=warnings,
-                errors=errors)
+                errors=errors, missing_imatrix=missing_imatrix)
 
 
 def plan_to_json(plan: Plan) -> dict:

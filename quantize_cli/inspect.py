@@ -75,11 +75,15 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:.2f} MiB"
 
 
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def render_markdown(doc: dict) -> str:
     lines = [f"# {doc['file']}", "", f"GGUF v{doc['version']}, {doc['n_tensors']} tensors, "
              f"{doc['n_elements']:,} weights, {_mib(doc['tensor_bytes'])}, {doc['bpw']:.2f} bpw", "",
              "## Metadata", "", "| key | value |", "|---|---|"]
-    lines += [f"| {k} | {_short(v).replace('|', '\\|')} |" for k, v in doc["metadata"].items()]
+    lines += [f"| {k} | {_md_escape(_short(v))} |" for k, v in doc["metadata"].items()]
     lines += ["", "## Types", "", "| type | tensors | weights | bytes | bpw |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {t} | {e['tensors']} | {e['elements']:,} | {e['bytes']:,} | {e['bpw']:.2f} |" for t, e in doc["types"].items()]
     if "tensors" in doc:

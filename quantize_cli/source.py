@@ -113,17 +113,31 @@ def _check_header(path: Path) -> None:
         raise SourceError(f"{path}: GGUF version {version} is not supported (only 2 and 3)")
 
 
+class _InfoOnlyReader:
+    """The gguf package's reader, minus the per-tensor numpy views it builds eagerly (those fail
+    opaquely on a truncated file and cost time on big models): tensor infos are kept as fields."""
+
+    @staticmethod
+    def open(path: Path):
+        from gguf import GGUFReader
+
+        class Reader(GGUFReader):
+            def _build_tensors(self, start_offs, fields):
+                self.tensor_fields = fields
+                self.tensors = []
+
+        return Reader(path, "r")
+
+
 class GGUFFileSource(Source):
     """One GGUF file, memory-mapped."""
 
     def __init__(self, path: Path, split: int = 0):
-        from gguf import GGUFReader
-
         self.path = Path(path)
         _check_header(self.path)
         size = self.path.stat().st_size
         try:
-            reader = GGUFReader(self.path, "r")
+            reader = _InfoOnlyReader.open(self.path)
         except (ValueError, IndexError, KeyError, struct.error, OverflowError, UnicodeDecodeError) as exc:
             raise SourceError(f"{self.path}: truncated or corrupt GGUF header/metadata ({exc})") from None
         self._reader = reader
@@ -131,26 +145,40 @@ class GGUFFileSource(Source):
         self.data_offset = int(reader.data_offset)
         mm = reader.data
         fields = [f for name, f in reader.fields.items() if not name.startswith("GGUF.")]
-        tensor_info_start = reader.tensors[0].field.offset if reader.tensors else None
+        infos = reader.tensor_fields
+        self.tensor_info_offset = infos[0].offset if infos else None
         self.kv = []
         for i, f in enumerate(fields):
-            end = fields[i + 1].offset if i + 1 < len(fields) else (tensor_info_start if tensor_info_start is not None else self._kv_end(f))
+            end = fields[i + 1].offset if i + 1 < len(fields) else (self.tensor_info_offset or self._kv_end(f))
             vtype = GGUFValueType(f.types[0])
             item_type = GGUFValueType(f.types[-1]) if vtype == GGUFValueType.ARRAY and len(f.types) > 1 else None
             self.kv.append(KV(f.name, vtype, item_type=item_type, raw=bytes(mm[f.offset:end]), _decode=f.contents))
         if self.data_offset > size:
             raise SourceError(f"{self.path}: truncated: tensor data would start at byte {self.data_offset}, file has {size}")
         self.tensors = []
-        for t in reader.tensors:
-            ne = tuple(int(d) for d in t.shape)
-            end = t.data_offset + t.n_bytes
+        names = set()
+        for field_ in infos:
+            _, name_data, _, dims, raw_type, rel_offset = field_.parts
+            name = bytes(name_data).decode("utf-8", errors="replace")
+            if name in names:
+                raise SourceError(f"{self.path}: tensor {name} appears twice")
+            names.add(name)
+            try:
+                qtype = GGMLQuantizationType(int(raw_type[0]))
+            except ValueError:
+                raise SourceError(f"{self.path}: tensor {name} has unknown ggml type {int(raw_type[0])}") from None
+            ne = tuple(int(d) for d in dims)
+            ref = TensorRef(name=name, ne=ne, type=qtype, load=lambda: None, split=split,
+                            offset=self.data_offset + int(rel_offset[0]))
+            if ne and ne[0] % GGML_QUANT_SIZES[qtype][0]:
+                raise SourceError(f"{self.path}: tensor {name} has rows of {ne[0]}, not a multiple of {qtype.name}'s block")
+            end = ref.offset + ref.nbytes
             if end > size:
                 raise SourceError(
-                    f"{self.path}: tensor {t.name} data runs past the end of the file "
+                    f"{self.path}: tensor {name} data runs past the end of the file "
                     f"(needs bytes up to {end}, file has {size}): the file is truncated")
-            self.tensors.append(TensorRef(
-                name=t.name, ne=ne, type=GGMLQuantizationType(t.tensor_type),
-                load=_loader(mm, t.data_offset, t.n_bytes), split=split, offset=t.data_offset))
+            ref.load = _loader(mm, ref.offset, ref.nbytes)
+            self.tensors.append(ref)
 
     @staticmethod
     def _kv_end(f) -> int:

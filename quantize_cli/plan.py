@@ -367,11 +367,14 @@ def imatrix_kv(file: str, datasets: list[str], n_entries: int, n_chunks: int) ->
     return out
 
 
-def _c_str127(text: str) -> str:
-    """strncpy into char[128]: at most 127 bytes (a cut UTF-8 sequence is dropped by the reader
-    the same way; llama.cpp writes the raw bytes)."""
+def _c_str127(text: str) -> str | bytes:
+    """strncpy into char[128]: the first 127 bytes. Should that cut a UTF-8 sequence, llama.cpp
+    writes the cut bytes as they are, so the value stays bytes (the writer takes either)."""
     raw = text.encode()[:127]
-    return raw.decode("utf-8", errors="surrogateescape")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
 
 
 def _compile(pattern: str) -> re.Pattern:

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from . import Kernel
 from .common import roundf
-from .solvers import fp16_to_fp32_fast, fp32_to_fp16_fast, make_qkx3_quants, make_qx_quants
+from .solvers import fp16_to_fp32_fast, fp32_to_fp16_fast, make_qkx3_quants, make_qx_quants, solver_scratch
 
 f32 = np.float32
 
@@ -120,13 +120,13 @@ def quantize_row_q4_0_ref(x, y):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def quantize_row_q4_0_impl(x, y, qw, weight, L):
+def quantize_row_q4_0_impl(x, y, qw, weight, L, scratch):
     sigma2 = _sigma2(x)
     nb = x.size // QK
     for ib in range(nb):
         xb = x[ib * QK:(ib + 1) * QK]
         _impl_weights(xb, qw, ib * QK, sigma2, weight)
-        d = make_qx_quants(QK, 8, xb, L, 1, weight)
+        d = make_qx_quants(QK, 8, xb, L, 1, weight, scratch)
         o = ib * 18
         _put_fp16(y, o, d)
         for j in range(16):
@@ -145,9 +145,10 @@ def _quantize_q4_0(x, qw):
         for c in prange(nchunks):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.int8)
+            scratch = solver_scratch()
             r0, r1 = _chunk_bounds(c, nchunks, nrows)
             for r in range(r0, r1):
-                quantize_row_q4_0_impl(x[r], y[r], qw, weight, L)
+                quantize_row_q4_0_impl(x[r], y[r], qw, weight, L, scratch)
     return y
 
 
@@ -197,13 +198,13 @@ def quantize_row_q4_1_ref(x, y):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def quantize_row_q4_1_impl(x, y, qw, weight, L, Laux):
+def quantize_row_q4_1_impl(x, y, qw, weight, L, Laux, scratch):
     sigma2 = _sigma2(x)
     nb = x.size // QK
     for ib in range(nb):
         xb = x[ib * QK:(ib + 1) * QK]
         _impl_weights(xb, qw, ib * QK, sigma2, weight)
-        d, min_ = make_qkx3_quants(QK, 15, xb, weight, L, Laux, _RMIN, _RDELTA, 36, False)
+        d, min_ = make_qkx3_quants(QK, 15, xb, weight, L, Laux, _RMIN, _RDELTA, 36, False, scratch)
         o = ib * 20
         _put_fp16(y, o, d)
         _put_fp16(y, o + 2, -min_)
@@ -224,9 +225,10 @@ def _quantize_q4_1(x, qw):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.uint8)
             Laux = np.empty(QK, dtype=np.uint8)
+            scratch = solver_scratch()
             r0, r1 = _chunk_bounds(c, nchunks, nrows)
             for r in range(r0, r1):
-                quantize_row_q4_1_impl(x[r], y[r], qw, weight, L, Laux)
+                quantize_row_q4_1_impl(x[r], y[r], qw, weight, L, Laux, scratch)
     return y
 
 
@@ -279,13 +281,13 @@ def quantize_row_q5_0_ref(x, y):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def quantize_row_q5_0_impl(x, y, qw, weight, L):
+def quantize_row_q5_0_impl(x, y, qw, weight, L, scratch):
     sigma2 = _sigma2(x)
     nb = x.size // QK
     for ib in range(nb):
         xb = x[ib * QK:(ib + 1) * QK]
         _impl_weights(xb, qw, ib * QK, sigma2, weight)
-        d = make_qx_quants(QK, 16, xb, L, 1, weight)
+        d = make_qx_quants(QK, 16, xb, L, 1, weight, scratch)
         o = ib * 22
         _put_fp16(y, o, d)
         qh = 0
@@ -310,9 +312,10 @@ def _quantize_q5_0(x, qw):
         for c in prange(nchunks):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.int8)
+            scratch = solver_scratch()
             r0, r1 = _chunk_bounds(c, nchunks, nrows)
             for r in range(r0, r1):
-                quantize_row_q5_0_impl(x[r], y[r], qw, weight, L)
+                quantize_row_q5_0_impl(x[r], y[r], qw, weight, L, scratch)
     return y
 
 
@@ -369,13 +372,13 @@ def quantize_row_q5_1_ref(x, y):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def quantize_row_q5_1_impl(x, y, qw, weight, L, Laux):
+def quantize_row_q5_1_impl(x, y, qw, weight, L, Laux, scratch):
     sigma2 = _sigma2(x)
     nb = x.size // QK
     for ib in range(nb):
         xb = x[ib * QK:(ib + 1) * QK]
         _impl_weights(xb, qw, ib * QK, sigma2, weight)
-        d, min_ = make_qkx3_quants(QK, 31, xb, weight, L, Laux, _RMIN, _RDELTA, 36, False)
+        d, min_ = make_qkx3_quants(QK, 31, xb, weight, L, Laux, _RMIN, _RDELTA, 36, False, scratch)
         o = ib * 24
         _put_fp16(y, o, d)
         _put_fp16(y, o + 2, -min_)
@@ -402,9 +405,10 @@ def _quantize_q5_1(x, qw):
             weight = np.empty(QK, dtype=np.float32)
             L = np.empty(QK, dtype=np.uint8)
             Laux = np.empty(QK, dtype=np.uint8)
+            scratch = solver_scratch()
             r0, r1 = _chunk_bounds(c, nchunks, nrows)
             for r in range(r0, r1):
-                quantize_row_q5_1_impl(x[r], y[r], qw, weight, L, Laux)
+                quantize_row_q5_1_impl(x[r], y[r], qw, weight, L, Laux, scratch)
     return y
 
 

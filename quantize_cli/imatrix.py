@@ -1,0 +1,482 @@
+"""Importance matrices: the collector, and llama.cpp's two file formats.
+
+What llama-imatrix collects (tools/imatrix/imatrix.cpp): for every matrix multiplication whose
+weight is a `blk.*` tensor (and `output.weight` with --process-output), the sum over all tokens of
+the squared input activations, per input column (`in_sum2`), and the number of tokens (`counts`).
+
+Files:
+- GGUF (default): `general.type = imatrix`, `imatrix.datasets`, `imatrix.chunk_count`,
+  `imatrix.chunk_size`, then per weight (sorted by name) `<name>.in_sum2` (F32, ne = [n_in, n_mat])
+  and `<name>.counts` (F32, ne = [1, n_mat]). Raw sums: files add up.
+- legacy .dat: int32 n_entries, then per entry (sorted) int32 name length, name, int32 ncall,
+  int32 nval, float32[nval] = in_sum2/count*ncall; then int32 chunk count, int32 length + dataset.
+
+`load_imatrix` gives what llama-quantize uses (tools/quantize/quantize.cpp load_imatrix): the mean
+squared activation per column, in_sum2/count per expert (1 where count is 0) for GGUF, stored/ncall
+for .dat.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import ImatrixError
+
+GGUF_MAGIC = b"GGUF"
+ALIGNMENT = 32
+
+
+# --- what llama-quantize uses -----------------------------------------------------------------------
+
+@dataclass
+class ImatrixData:
+    """An importance matrix as llama-quantize sees it. ``entries[name]`` is float32, n_in * n_mat."""
+
+    entries: dict[str, np.ndarray]
+    datasets: list[str]
+    chunk_count: int
+    chunk_size: int
+    path: Optional[Path] = None
+    is_legacy: bool = False
+    sums: dict[str, np.ndarray] = field(default_factory=dict)    # raw in_sum2 (GGUF) / stored values (.dat)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)  # int64 per matrix (GGUF) / [ncall] (.dat)
+
+
+@dataclass
+class _Raw:
+    sums: dict[str, np.ndarray]
+    counts: dict[str, np.ndarray]
+    datasets: list[str]
+    chunk_count: int
+    chunk_size: int
+    is_legacy: bool
+    has_metadata: bool
+
+
+def _read_raw(path: Path) -> _Raw:
+    """common_imatrix_load: GGUF when the file is one, else the legacy format."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise ImatrixError(f"{path}: no such imatrix file") from None
+    except IsADirectoryError:
+        raise ImatrixError(f"{path}: is a directory, not an imatrix file") from None
+    if head == GGUF_MAGIC:
+        return _read_gguf(path)
+    return _read_legacy(path)
+
+
+def _read_gguf(path: Path) -> _Raw:
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    try:
+        reader = GGUFReader(path, "r")
+    except Exception as exc:  # the gguf reader raises many kinds on a damaged file
+        raise ImatrixError(f"{path}: truncated or corrupt GGUF imatrix ({type(exc).__name__}: {exc})") from None
+    if not reader.tensors:
+        raise ImatrixError(f"{path}: the GGUF file has no tensors; it is not an imatrix (no data)")
+
+    def value(key: str):
+        fld = reader.fields.get(key)
+        return None if fld is None else fld.contents()
+
+    datasets = value("imatrix.datasets")
+    chunk_count = value("imatrix.chunk_count")
+    chunk_size = value("imatrix.chunk_size")
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    pairs: dict[str, list] = {}
+    for t in reader.tensors:
+        for suffix, slot in ((".in_sum2", 0), (".counts", 1)):
+            if t.name.endswith(suffix):
+                pairs.setdefault(t.name[: -len(suffix)], [None, None])[slot] = t
+    if not pairs:
+        raise ImatrixError(f"{path}: no <weight>.in_sum2 / <weight>.counts tensors; it is not an imatrix GGUF "
+                           "(a model file given by mistake?)")
+    for name in sorted(pairs):
+        s, c = pairs[name]
+        if s is None or c is None:
+            raise ImatrixError(f"{path}: {name} has {'no .counts' if c is None else 'no .in_sum2'} tensor "
+                               "(mismatched sums and counts)")
+        if s.tensor_type != GGMLQuantizationType.F32 or c.tensor_type != GGMLQuantizationType.F32:
+            raise ImatrixError(f"{path}: {name}: in_sum2 and counts must be F32")
+        sums[name] = np.array(s.data, dtype=np.float32).reshape(-1)
+        cnt = np.array(c.data, dtype=np.float32).reshape(-1)
+        counts[name] = np.array([_lround(x) for x in cnt], dtype=np.int64)
+        if sums[name].size % counts[name].size:
+            raise ImatrixError(f"{path}: {name}: {sums[name].size} sums do not split into {counts[name].size} matrices")
+    return _Raw(
+        sums=sums, counts=counts,
+        datasets=[str(d) for d in datasets] if isinstance(datasets, list) else [],
+        chunk_count=int(chunk_count or 0), chunk_size=int(chunk_size or 0), is_legacy=False,
+        has_metadata=datasets is not None and chunk_count is not None and chunk_size is not None)
+
+
+def _lround(x: float) -> int:
+    if not math.isfinite(x):
+        raise ImatrixError("an imatrix count is NaN or infinite")
+    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)  # lround: half away from zero
+
+
+def _read_legacy(path: Path) -> _Raw:
+    data = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str, what: str):
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(data):
+            raise ImatrixError(f"{path}: truncated legacy imatrix: the file ends inside {what}")
+        out = struct.unpack_from(fmt, data, pos)
+        pos += size
+        return out
+
+    if len(data) < 4:
+        raise ImatrixError(f"{path}: not an imatrix file (neither GGUF nor legacy .dat: only {len(data)} bytes)")
+    (n_entries,) = take("<i", "the entry count")
+    if n_entries < 1:
+        raise ImatrixError(f"{path}: not an imatrix file (neither GGUF nor legacy .dat: entry count {n_entries})")
+    if n_entries > len(data) // 12:
+        raise ImatrixError(f"{path}: not an imatrix file (neither GGUF nor legacy .dat: "
+                           f"{n_entries} entries cannot fit in {len(data)} bytes)")
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for i in range(n_entries):
+        (length,) = take("<i", f"entry {i + 1}'s name length")
+        if length < 0 or pos + length > len(data):
+            raise ImatrixError(f"{path}: truncated or corrupt legacy imatrix: entry {i + 1}'s name runs past the end")
+        raw_name = data[pos:pos + length]
+        pos += length
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ImatrixError(f"{path}: not an imatrix file (entry {i + 1}'s name is not text)") from None
+        ncall, nval = take("<ii", f"entry {name!r}'s header")
+        if nval < 1:
+            raise ImatrixError(f"{path}: corrupt legacy imatrix: entry {name!r} has {nval} values")
+        if pos + 4 * nval > len(data):
+            raise ImatrixError(f"{path}: truncated legacy imatrix: entry {name!r} needs {nval} values "
+                               f"but the file ends first")
+        sums[name] = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
+        pos += 4 * nval
+        counts[name] = np.array([ncall], dtype=np.int64)
+    chunk_count = 0
+    datasets: list[str] = []
+    if pos + 4 <= len(data):  # the trailing chunk count and dataset name are optional
+        (chunk_count,) = struct.unpack_from("<i", data, pos)
+        pos += 4
+        if pos + 4 <= len(data):
+            (length,) = struct.unpack_from("<i", data, pos)
+            pos += 4
+            if 0 < length <= len(data) - pos:
+                datasets.append(data[pos:pos + length].decode("utf-8", errors="replace"))
+    return _Raw(sums=sums, counts=counts, datasets=datasets, chunk_count=chunk_count, chunk_size=0,
+                is_legacy=True, has_metadata=False)
+
+
+def load_imatrix(path: str | Path) -> ImatrixData:
+    """Read a GGUF or legacy imatrix file; entries are the values llama-quantize would use."""
+    path = Path(path)
+    raw = _read_raw(path)
+    if not raw.is_legacy and not raw.has_metadata:
+        raise ImatrixError(f"{path}: GGUF imatrix without its metadata (imatrix.datasets, imatrix.chunk_count, "
+                           "imatrix.chunk_size); llama-quantize refuses it too")
+    entries: dict[str, np.ndarray] = {}
+    for name, sums in raw.sums.items():
+        cnt = raw.counts[name]
+        if raw.is_legacy:
+            ncall = int(cnt[0]) if cnt.size else 0
+            e = sums / np.float32(ncall) if ncall > 0 else sums.copy()
+        else:
+            ne0 = sums.size // cnt.size
+            e = np.empty_like(sums)
+            for j, c in enumerate(cnt):
+                block = slice(j * ne0, (j + 1) * ne0)
+                e[block] = sums[block] / np.float32(c) if c > 0 else np.float32(1.0)
+        e = e.astype(np.float32)
+        if not np.isfinite(e).all():
+            raise ImatrixError(f"{path}: entry {name} has NaN or infinite values; the imatrix is damaged")
+        entries[name] = e
+    return ImatrixData(entries=entries, datasets=raw.datasets, chunk_count=raw.chunk_count,
+                       chunk_size=raw.chunk_size, path=path, is_legacy=raw.is_legacy,
+                       sums=raw.sums, counts=raw.counts)
+
+
+# --- the collector ------------------------------------------------------------------------------------
+
+@dataclass
+class Stats:
+    values: np.ndarray  # float32, n_in * n_mat: running in_sum2
+    counts: np.ndarray  # int64, n_mat
+
+
+class Collector:
+    """IMatrixCollector: accumulates in_sum2 and counts from the forward pass's matmul inputs."""
+
+    def __init__(self, chunk_size: int = 512, process_output: bool = False, prompt_file: str = ""):
+        self.chunk_size = chunk_size
+        self.process_output = process_output
+        self.prompt_file = prompt_file
+        self.stats: dict[str, Stats] = {}
+        self.datasets: list[str] = []
+        self.last_chunk = 0
+
+    def wants(self, name: str) -> bool:
+        return name.startswith("blk.") or (self.process_output and name == "output.weight")
+
+    def observe(self, name: str, x: np.ndarray) -> None:
+        """One dense matmul input: x (n_tokens, n_in) float32, for weight `name`."""
+        if not name.endswith(".weight"):
+            name += ".weight"
+        if not self.wants(name) or x.shape[0] < 16:  # llama-imatrix ignores batches under 16 tokens
+            return
+        n_tokens, n_in = x.shape
+        e = self.stats.get(name)
+        if e is not None and e.counts.size > 1 and (e.counts == e.counts[0]).all():
+            e.counts = e.counts[:1].copy()  # one count per dense tensor (merging older 3-d files)
+        if e is None:
+            e = self.stats[name] = Stats(np.zeros(n_in, dtype=np.float32), np.zeros(1, dtype=np.int64))
+        elif e.values.size != n_in:
+            raise ImatrixError(f"{name}: the imatrix has {e.values.size} values per row, the model {n_in}; "
+                               "the --in-file was made for another model")
+        # sequential float32 sums over tokens, in token order, as the C loop does
+        sq = np.square(x, dtype=np.float32)
+        e.values[:] = np.add.reduce(np.concatenate([e.values[None, :], sq]), axis=0, dtype=np.float32)
+        if not np.isfinite(e.values).all():
+            raise ImatrixError(f"non-finite values (NaN or Inf) in the activations feeding {name}")
+        e.counts += n_tokens
+
+    def merge_file(self, path: str | Path, known_shapes: Optional[dict[str, int]] = None) -> None:
+        """IMatrixCollector::load_imatrix: add a GGUF or legacy file's data (for --in-file)."""
+        path = Path(path)
+        raw = _read_raw(path)
+        for name, sums in raw.sums.items():
+            if known_shapes is not None and name in known_shapes and sums.size % known_shapes[name]:
+                raise ImatrixError(f"{path}: {name} has {sums.size} values, which does not fit the model's "
+                                   f"{known_shapes[name]} columns; the file was made for another model")
+            e = self.stats.get(name)
+            if raw.is_legacy:
+                if e is None:
+                    e = self.stats[name] = Stats(np.zeros(sums.size, np.float32), np.zeros(1, np.int64))
+                elif e.values.size != sums.size:
+                    raise ImatrixError(f"{path}: {name} has {sums.size} values, earlier data {e.values.size}")
+                e.values += sums * np.float32(self.chunk_size)
+                e.counts += int(raw.counts[name][0]) * self.chunk_size
+            else:
+                cnt = raw.counts[name]
+                if e is None:
+                    e = self.stats[name] = Stats(np.zeros(sums.size, np.float32), np.zeros(cnt.size, np.int64))
+                elif e.values.size != sums.size:
+                    raise ImatrixError(f"{path}: {name} has {sums.size} values, earlier data {e.values.size}; "
+                                       "the files are for different models")
+                if e.counts.size == 1 and cnt.size > 1:
+                    e.counts = np.full(cnt.size, e.counts[0], dtype=np.int64)
+                elif e.counts.size != cnt.size:
+                    raise ImatrixError(f"{path}: {name} has {cnt.size} counts, earlier data {e.counts.size}")
+                e.values += sums
+                e.counts += cnt
+        self.datasets.extend(raw.datasets)
+        max_count = max((int(c) for e in self.stats.values() for c in e.counts), default=0)
+        self.last_chunk = max_count // self.chunk_size
+
+    def chunk_done(self) -> tuple[int, int]:
+        """After a chunk: (last_chunk, chunk_step) from the counts, as the C callback tracks them."""
+        max_count = max((int(c) for e in self.stats.values() for c in e.counts), default=0)
+        n_chunk = max_count // self.chunk_size
+        step = n_chunk - self.last_chunk
+        if step > 0:
+            self.last_chunk = n_chunk
+        return self.last_chunk, step
+
+    def all_datasets(self) -> list[str]:
+        return self.datasets + ([self.prompt_file] if self.prompt_file else [])
+
+
+# --- writing -------------------------------------------------------------------------------------------
+
+def save_imatrix(path: str | Path, collected: Collector, fmt: str = "gguf") -> Path:
+    """Write the collected data as llama-imatrix would (atomically: temp file, then rename)."""
+    path = Path(path)
+    if fmt not in ("gguf", "dat"):
+        raise ImatrixError(f"unknown imatrix output format {fmt!r} (use gguf or dat)")
+    blob = _gguf_bytes(collected) if fmt == "gguf" else _dat_bytes(collected)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ImatrixError(f"{path}: the directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _gguf_string(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b
+
+
+def _gguf_bytes(c: Collector) -> bytes:
+    """IMatrixCollector::save_imatrix through gguf_write_to_file, byte for byte."""
+    kv = bytearray()
+    kv += _gguf_string("general.type") + struct.pack("<I", 8) + _gguf_string("imatrix")
+    datasets = c.all_datasets()
+    kv += _gguf_string("imatrix.datasets") + struct.pack("<IIQ", 9, 8, len(datasets))
+    for d in datasets:
+        kv += _gguf_string(d)
+    kv += _gguf_string("imatrix.chunk_count") + struct.pack("<II", 4, c.last_chunk)
+    kv += _gguf_string("imatrix.chunk_size") + struct.pack("<II", 4, c.chunk_size)
+    tensors: list[tuple[str, list[int], np.ndarray]] = []
+    for name in sorted(c.stats):
+        st = c.stats[name]
+        nval, nmat = st.values.size, st.counts.size
+        if nval == 0 or nmat == 0:
+            continue
+        tensors.append((f"{name}.in_sum2", [nval // nmat, nmat], st.values.astype("<f4")))
+        tensors.append((f"{name}.counts", [1, nmat], st.counts.astype("<f4")))
+    info = bytearray()
+    offset = 0
+    for tname, ne, data in tensors:
+        n_dims = max([i + 1 for i, n in enumerate(ne) if n > 1], default=1)  # ggml_n_dims
+        info += _gguf_string(tname) + struct.pack("<I", n_dims)
+        info += struct.pack(f"<{n_dims}Q", *ne[:n_dims]) + struct.pack("<IQ", 0, offset)
+        offset += _pad(data.nbytes)
+    out = bytearray(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), 4)) + kv + info
+    out += b"\0" * (_pad(len(out)) - len(out))
+    for _, _, data in tensors:
+        out += data.tobytes() + b"\0" * (_pad(data.nbytes) - data.nbytes)
+    return bytes(out)
+
+
+def _pad(n: int) -> int:
+    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def _dat_bytes(c: Collector) -> bytes:
+    """IMatrixCollector::save_imatrix_legacy."""
+    names = sorted(n for n, st in c.stats.items() if st.counts.size and (st.counts != 0).any())
+    out = bytearray(struct.pack("<i", len(names)))
+    for name in names:
+        st = c.stats[name]
+        b = name.encode("utf-8")
+        out += struct.pack("<i", len(b)) + b
+        ncall = (int(st.counts.max()) + c.chunk_size - 1) // c.chunk_size  # ceiling: no accidental zeros
+        nval, nmat = st.values.size, st.counts.size
+        out += struct.pack("<ii", ncall, nval)
+        per = nval // nmat
+        count = np.repeat(st.counts.astype(np.float32), per)
+        value = st.values.astype(np.float32).copy()
+        empty = count == 0  # partial data (an unused expert) is stored as 1
+        value[empty], count[empty] = 1.0, 1.0
+        out += ((value / count) * np.float32(ncall)).astype("<f4").tobytes()
+    out += struct.pack("<i", c.last_chunk)
+    dataset = c.prompt_file or (c.datasets[-1] if c.datasets else "")
+    b = dataset.encode("utf-8")
+    out += struct.pack("<i", len(b)) + b
+    return bytes(out)
+
+
+# --- statistics (--show-statistics) ---------------------------------------------------------------
+
+@dataclass
+class TensorStats:
+    tensor: str
+    values: np.ndarray
+    total: float
+    mean: float
+    max: float
+    min: float
+    elements: int
+    stddev: float
+    active: float
+    entropy: float
+    zd: float
+    cossim: float = 0.0
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """process_tensor_name: (layer, short tensor name)."""
+    parts = name.split(".")
+    layer = next((parts[i + 1] for i in range(len(parts) - 1) if parts[i] == "blk"), "-")
+    tensor = next((parts[i - 1] for i in range(1, len(parts)) if parts[i] == "weight"), "") or name
+    return layer, tensor
+
+
+def compute_statistics(stats: dict[str, Stats]) -> list[TensorStats]:
+    out: list[TensorStats] = []
+    for name, e in stats.items():
+        if not e.counts.size or e.values.size % e.counts.size:
+            continue
+        per = e.values.size // e.counts.size
+        acts = np.concatenate([e.values[i * per:(i + 1) * per] / np.float32(c)
+                               for i, c in enumerate(e.counts) if c != 0] or [np.zeros(0, np.float32)])
+        acts = acts.astype(np.float32)
+        if acts.size == 0:
+            continue
+        total = float(np.sum(acts, dtype=np.float32))
+        mean = total / acts.size
+        sq_total = float(np.dot(acts, acts))
+        var = sq_total / acts.size - mean * mean
+        dev = math.sqrt(max(0.0, var))
+        active = 1 - float(np.count_nonzero(np.abs(acts) <= 1e-5)) / acts.size
+        entropy = 0.0
+        if total > 0:
+            p = acts / np.float32(total)
+            p = p[p > 0]
+            entropy = float(-(p * np.log2(p)).sum())
+        zd = float(np.count_nonzero((acts - mean) / dev > 1)) / acts.size if dev > 0 else 0.0
+        out.append(TensorStats(name, e.values, total, mean, float(acts.max()), float(acts.min()), int(acts.size),
+                               dev, active, entropy, zd))
+    by_name = {t.tensor: t for t in out}
+    for t in out:
+        layer, _ = _split_name(t.tensor)
+        if layer.isdigit():
+            prev = by_name.get(t.tensor.replace(f"blk.{layer}.", f"blk.{int(layer) - 1}.", 1))
+            if prev is not None and prev.values.size == t.values.size:
+                denom = float(np.linalg.norm(t.values) * np.linalg.norm(prev.values))
+                t.cossim = float(np.dot(t.values, prev.values)) / denom if denom else 0.0
+    out.sort(key=lambda t: (_split_name(t.tensor)[1], -t.total))
+    return out
+
+
+def format_statistics(path: str, stats: list[TensorStats]) -> str:
+    """The two tables llama-imatrix --show-statistics prints."""
+    lines = [f"Computing statistics for {path} ({len(stats)} tensors)", ""]
+    lines.append(f"{'Layer':>6} {'Tensor':<20} {'Σ(Act²)':>12} {'Min':>10} {'Max':>12} {'μ':>9} {'σ':>9} "
+                 f"{'% Active':>9} {'N':>7} {'Entropy':>10} {'E (norm)':>9} {'ZD':>8} {'CosSim':>8}")
+    lines.append("=" * 130)
+    layers: dict[int, list[float]] = {}
+    for t in stats:
+        layer, short = _split_name(t.tensor)
+        norm = 100.0 * t.entropy / math.log2(t.elements) if t.elements > 1 else 0.0
+        lines.append(f"{layer:>6} {short:<20} {t.total:>12.2f} {t.min:>10.4f} {t.max:>12.4f} {t.mean:>9.2f} "
+                     f"{t.stddev:>9.2f} {100 * t.active:>8.2f}% {t.elements:>7d} {t.entropy:>10.4f} "
+                     f"{norm:>8.2f}% {100 * t.zd:>7.2f}% {t.cossim:>8.4f}")
+        blk = int(layer) if layer.isdigit() else -1
+        acc = layers.setdefault(blk, [0.0, 0.0, 0.0, 0])
+        acc[0] += t.elements * t.total
+        acc[1] += t.elements * t.zd
+        acc[2] += t.elements * t.cossim
+        acc[3] += t.elements
+    n_layers = sum(1 for k in layers if k >= 0)
+    lines += ["", f"Computing weighted average statistics per layer ({n_layers} layers)", ""]
+    lines.append(f"{'Layer':>6} {'μΣ(Act²)':>14} {'μZD':>10} {'μCosSim':>8}")
+    lines.append("=" * 48)
+    for blk in sorted(k for k in layers if k >= 0):
+        b, zd, cs, n = layers[blk]
+        if n:
+            lines.append(f"{blk:>6} {b / n:>14.2f} {100 * zd / n:>9.4f}% {cs / n:>8.4f}")
+    return "\n".join(lines)

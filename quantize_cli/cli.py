@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -104,7 +103,7 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
              override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out) -> None:
     from . import convert as conv
     from .errors import PlanError
-    from .plan import QuantizeOptions, make_plan, parse_tensor_type
+    from .plan import QuantizeOptions, parse_override_kv, parse_tensor_type
     from .source import open_source
 
     src, out, ftype, ftype_name, nthreads = _parse_positional(args)
@@ -143,18 +142,16 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
         prune_layers=prune,
         include_weights=list(include_weights),
         exclude_weights=list(exclude_weights),
-        kv_overrides=[conv.parse_kv_override(t) for t in override_kv],
+        kv_overrides=[parse_override_kv(t) for t in override_kv],
     )
-    imatrix_input = conv.load_imatrix_input(imatrix, include_weights, exclude_weights) if imatrix else None
+    imatrix_input = conv.load_imatrix_input(imatrix) if imatrix else None
     if out is None:
         out = conv.default_output_path(src, ftype_name)
 
     if dry_run:
         source = open_source(src) if not src.is_dir() else _open_hf(src, no_vocab)
         with source:
-            if imatrix_input is not None:
-                options.kv_overrides = options.kv_overrides + conv.imatrix_kv_overrides(imatrix_input)
-            plan = make_plan(source, options, set(imatrix_input.entries) if imatrix_input else None)
+            plan = conv.plan_with_imatrix(source, options, imatrix_input)
             _print_plan(plan, json_out)
         return
 
@@ -251,6 +248,8 @@ def _print_plan(plan, json_out: bool) -> None:
     console.print(table)
     console.print(f"model size {_mib(doc['bytes_in'])} ({doc['bpw_in']:.2f} bpw) -> quant size {_mib(doc['bytes_out'])} "
                   f"({doc['bpw_out']:.2f} bpw)", highlight=False)
+    for line in plan.notes + plan.warnings:
+        console.print(f"note: {line}", highlight=False)
 
 
 @app.command("inspect", no_args_is_help=True)

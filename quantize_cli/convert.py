@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType
+from gguf import GGMLQuantizationType as T
 
 import kernels
 
 from .errors import ImatrixError, KernelError, OutputError, PlanError
 from .plan import Plan, QuantizeOptions, TensorPlan, make_plan
-from .source import KV, Source, open_source
+from .source import Source, open_source
 from .writer import ShardWriter, TensorInfo, atomic_outputs
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
@@ -55,38 +55,13 @@ class ConvertResult:
         return self.bytes_out * 8 / max(self.n_elements, 1)
 
 
-def load_imatrix_input(path: str, include: list[str], exclude: list[str]) -> ImatrixInput:
-    """Load an imatrix file and filter it as llama-quantize's prepare_imatrix does."""
+def load_imatrix_input(path: str) -> ImatrixInput:
+    """Load an imatrix file (GGUF or legacy .dat) as llama-quantize's load_imatrix does. The
+    plan applies --include/--exclude-weights to its entry names."""
     from .imatrix import load_imatrix
 
     data = load_imatrix(path)
-    entries = dict(data.entries)
-    for part in exclude:
-        entries = {k: v for k, v in entries.items() if part not in k}
-    if include:
-        entries = {k: v for k, v in entries.items() if any(part in k for part in include)}
-    for name, values in entries.items():
-        if not np.isfinite(values).all():
-            raise ImatrixError(f"{path}: imatrix entry {name} contains NaN or Inf values")
-    return ImatrixInput(path, entries, list(data.datasets), int(data.chunk_count))
-
-
-def imatrix_kv_overrides(imatrix: ImatrixInput) -> list[KV]:
-    """The quantize.imatrix.* pairs llama-quantize adds (tools/quantize/quantize.cpp), in its order.
-    String values are truncated to 127 bytes and integers stored as uint32, as it does."""
-    if not imatrix.entries:
-        return []
-    out = [KV("quantize.imatrix.file", GGUFValueType.STRING, _c_str127(imatrix.path_text))]
-    if imatrix.datasets:
-        out.append(KV("quantize.imatrix.dataset", GGUFValueType.STRING, _c_str127(imatrix.datasets[0])))
-    out.append(KV("quantize.imatrix.entries_count", GGUFValueType.UINT32, len(imatrix.entries)))
-    if imatrix.chunk_count > 0:
-        out.append(KV("quantize.imatrix.chunks_count", GGUFValueType.UINT32, imatrix.chunk_count))
-    return out
-
-
-def _c_str127(text: str) -> str:
-    return text.encode("utf-8")[:127].decode("utf-8", errors="ignore")
+    return ImatrixInput(path, dict(data.entries), list(data.datasets), int(data.chunk_count))
 
 
 def split_output_paths(out: Path, n_splits: int) -> list[Path]:
@@ -104,28 +79,10 @@ def default_output_path(src: Path, ftype_name: str) -> Path:
     return base / f"ggml-model-{ftype_name}.gguf"
 
 
-def check_plan(plan: Plan, options: QuantizeOptions, imatrix: ImatrixInput | None) -> None:
+def check_plan(plan: Plan, imatrix: ImatrixInput | None) -> None:
     """Everything that would stop llama-quantize halfway, found before a byte is written."""
-    requant = [tp for tp in plan.tensors if tp.quantize and tp.ref.type not in FLOAT_TYPES]
-    if requant and not options.allow_requantize:
-        tp = requant[0]
-        raise PlanError(f"{tp.ref.name}: input is already quantized ({tp.ref.type.name}); "
-                        f"requantizing to {tp.type.name} loses quality: pass --allow-requantize to do it anyway")
-    missing = [tp.name for tp in plan.tensors
-               if tp.quantize and tp.requires_imatrix and (imatrix is None or tp.imatrix_name not in imatrix.entries)]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise PlanError(f"{', '.join(missing[:3])}{more}: this type needs an importance matrix: "
-                        f"pass --imatrix FILE (make one with `pyquantize imatrix`)")
-    if imatrix is not None:
-        for tp in plan.tensors:
-            values = imatrix.entries.get(tp.imatrix_name) if tp.quantize else None
-            if values is None:
-                continue
-            n_experts = tp.ne[2] if len(tp.ne) > 2 else 1
-            if values.size != tp.ne[0] * n_experts and tp.ref.name != "token_embd.weight":
-                raise ImatrixError(f"{tp.name}: imatrix entry has {values.size} values, the tensor needs "
-                                   f"{tp.ne[0] * n_experts}: the imatrix was made for another model")
+    if plan.errors:
+        raise PlanError(plan.errors[0])
     for tp in plan.tensors:
         if not tp.quantize:
             continue
@@ -133,6 +90,10 @@ def check_plan(plan: Plan, options: QuantizeOptions, imatrix: ImatrixInput | Non
             raise KernelError(f"{tp.name}: no {tp.type.name} quantizer in this version of pyquantize yet")
         if tp.ref.type not in FLOAT_TYPES and not kernels.can_dequantize(tp.ref.type):
             raise KernelError(f"{tp.name}: cannot read {tp.ref.type.name} input yet (no dequantizer)")
+        values = imatrix.entries.get(tp.imatrix_name) if imatrix is not None and tp.imatrix_name else None
+        if values is not None and not np.isfinite(values).all():
+            # llama.cpp refuses the whole imatrix; name the entry
+            raise ImatrixError(f"{imatrix.path_text}: imatrix entry {tp.imatrix_name} contains NaN or Inf values")
 
 
 def _rows_f32(raw: np.ndarray, src_type: T, n_per_row: int) -> np.ndarray:
@@ -183,10 +144,8 @@ def convert(
     own_source = source is None
     source = source or open_source(src)
     try:
-        if imatrix is not None:
-            options.kv_overrides = list(options.kv_overrides) + imatrix_kv_overrides(imatrix)
-        plan = make_plan(source, options, set(imatrix.entries) if imatrix else None)
-        check_plan(plan, options, imatrix)
+        plan = plan_with_imatrix(source, options, imatrix)
+        check_plan(plan, imatrix)
         outputs = split_output_paths(dst, plan.n_splits)
         for out in outputs:
             if out.exists() and src.exists() and os.path.samefile(src, out):
@@ -210,28 +169,22 @@ def convert(
             source.close()
 
 
-def shard_kv(plan: Plan, shard: int) -> list[KV]:
-    if plan.n_splits <= 1:
-        return plan.kv
-    if shard > 0:
-        kv = []  # llama.cpp starts later shards from an empty context: split keys only
-    else:
-        kv = list(plan.kv)
-    return kv + [
-        KV("split.no", GGUFValueType.UINT16, shard),
-        KV("split.count", GGUFValueType.UINT16, plan.n_splits),
-        KV("split.tensors.count", GGUFValueType.INT32, len(plan.tensors)),
-    ]
+def plan_with_imatrix(source: Source, options: QuantizeOptions, imatrix: ImatrixInput | None) -> Plan:
+    """make_plan, told where the imatrix came from (for the quantize.imatrix.* metadata)."""
+    if imatrix is not None:
+        options.imatrix_file = imatrix.path_text
+        options.imatrix_datasets = list(imatrix.datasets)
+        options.imatrix_chunks = imatrix.chunk_count
+        return make_plan(source, options, {name: v.size for name, v in imatrix.entries.items()})
+    return make_plan(source, options, None)
 
 
 def imatrix_for(tp: TensorPlan, imatrix: ImatrixInput | None) -> np.ndarray | None:
-    """The tensor's imatrix values, or None (llama.cpp quantizes without one when the entry is
-    missing, or when a token_embd entry does not fit)."""
-    values = imatrix.entries.get(tp.imatrix_name) if imatrix else None
-    n_experts = tp.ne[2] if len(tp.ne) > 2 else 1
-    if values is None or values.size != tp.ne[0] * n_experts:
+    """The tensor's imatrix values, or None where the plan found no usable entry (llama.cpp then
+    quantizes without one)."""
+    if imatrix is None or not tp.imatrix_name:
         return None
-    return np.ascontiguousarray(values, dtype=np.float32)
+    return np.ascontiguousarray(imatrix.entries[tp.imatrix_name], dtype=np.float32)
 
 
 def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
@@ -241,7 +194,7 @@ def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
             members = [tp for tp in plan.tensors if tp.split == shard]
             infos = [TensorInfo(tp.name, tp.ne, int(tp.type), tp.nbytes) for tp in members]
             with open(tmp, "wb", buffering=1 << 20) as f:
-                writer = ShardWriter(f, shard_kv(plan, shard), infos)
+                writer = ShardWriter(f, plan.shard_kv(shard), infos)
                 for tp in members:
                     if progress:
                         progress("start", tp, tp.ref.nbytes)
@@ -254,34 +207,3 @@ def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
                         progress("done", tp, tp.ref.nbytes)
                 writer.close()
 
-
-def parse_kv_override(text: str) -> KV:
-    """KEY=TYPE:VALUE as llama.cpp's string_parse_kv_override reads it (int, float, bool, str).
-    llama-quantize stores int as uint32 (absolute value) and float as float32."""
-    from .errors import PlanError
-
-    key, sep, rest = text.partition("=")
-    if not sep or len(key) >= 128:
-        raise PlanError(f"--override-kv {text!r}: expected KEY=TYPE:VALUE, e.g. general.name=str:my-model")
-    kind, colon, value = rest.partition(":")
-    if not colon or kind not in ("int", "float", "bool", "str"):
-        raise PlanError(f"--override-kv {text!r}: type must be int, float, bool or str (KEY=TYPE:VALUE)")
-    if kind == "int":
-        try:
-            number = int(value.strip() or "0")
-        except ValueError:
-            raise PlanError(f"--override-kv {text!r}: {value!r} is not an integer") from None
-        return KV(key, GGUFValueType.UINT32, abs(number) & 0xFFFFFFFF)
-    if kind == "float":
-        try:
-            number = float(value)
-        except ValueError:
-            raise PlanError(f"--override-kv {text!r}: {value!r} is not a number") from None
-        return KV(key, GGUFValueType.FLOAT32, number)
-    if kind == "bool":
-        if value not in ("true", "false"):
-            raise PlanError(f"--override-kv {text!r}: a bool is true or false")
-        return KV(key, GGUFValueType.BOOL, value == "true")
-    if len(value.encode()) > 127:
-        raise PlanError(f"--override-kv {text!r}: a string value cannot exceed 127 bytes")
-    return KV(key, GGUFValueType.STRING, value)

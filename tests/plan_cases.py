@@ -4,6 +4,7 @@ own choice) turned into planner inputs: a metadata-only Source and QuantizeOptio
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 from gguf import GGMLQuantizationType as T, GGUFValueType
@@ -81,3 +82,55 @@ def expected_tensors(doc: dict, case: dict) -> list[tuple[str, str]]:
     if "types" in case:
         return list(zip(doc["order"], case["types"].split(" ")))
     return [tuple(t.split(" ")) for t in case["tensors"]]
+
+
+# --- comparing a file llama.cpp wrote with our plan (reference tier) ----------------------------
+
+def _expected_layout(plan, shard: int = 0):
+    """(metadata bytes per key, [(name, ne, type id, size)]) of one output file of our plan."""
+    kv = {}
+    for pair in plan.shard_kv(shard):
+        kv[pair.key] = _serialize_kv(pair)
+    tensors = [(t.name, tuple(t.ne), int(t.type), t.nbytes) for t in plan.tensors if t.split == shard]
+    return kv, tensors
+
+
+def _actual_layout(path: Path):
+    layout = _ref().read_gguf_layout(path)
+    kv = {}
+    for key, vtype, raw in layout["kv"]:
+        kv[key] = struct.pack("<Q", len(key.encode())) + key.encode() + struct.pack("<I", vtype) + raw
+    tensors = layout["tensors"]
+    ends = [t[3] for t in tensors[1:]] + [layout["size"] - layout["data_offset"]]
+    sizes = []
+    for (name, ne, qtype, offset), end in zip(tensors, ends):
+        sizes.append((name, ne, qtype, end - offset))
+    return kv, sizes, layout
+
+
+def _pad(n: int) -> int:
+    return (n + 31) // 32 * 32
+
+
+def compare_file(plan, path: Path, shard: int = 0):
+    want_kv, want_tensors = _expected_layout(plan, shard)
+    got_kv, got_tensors, layout = _actual_layout(path)
+    assert list(got_kv) == list(want_kv), "metadata keys or their order differ"
+    for key in want_kv:
+        assert got_kv[key] == want_kv[key], f"metadata {key} differs"
+    assert [t[:3] for t in got_tensors] == [t[:3] for t in want_tensors]
+    # each tensor's data is padded to 32 bytes; the file ends with the last tensor's padding
+    for (name, _, _, got), (_, _, _, want) in zip(got_tensors, want_tensors):
+        assert got == _pad(want), f"{name}: {got} bytes in the file, {want} planned"
+
+
+def _ref():
+    import llama_quantize_ref
+
+    return llama_quantize_ref
+
+
+def _serialize_kv(pair):
+    from quantize_cli.writer import serialize_kv
+
+    return serialize_kv(pair)

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import struct
 import sys
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import llama_quantize_ref as ref
 import plan_cases
 from quantize_cli.plan import QuantizeOptions, make_plan, parse_override_kv, parse_file_type
 from quantize_cli.source import open_source
-from quantize_cli.writer import serialize_kv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import make_golden_plans as golden  # noqa: E402
@@ -46,44 +44,6 @@ def test_golden_plans_are_current(work, model):
                            "rerun scripts/make_golden_plans.py"
     assert len(fresh["cases"]) == len(committed["cases"])
     assert fresh["tensors"] == committed["tensors"] and fresh["kv"] == committed["kv"]
-
-
-def _expected_layout(plan, shard: int = 0):
-    """(metadata bytes per key, [(name, ne, type id, size)]) of one output file of our plan."""
-    kv = {}
-    for pair in plan.shard_kv(shard):
-        kv[pair.key] = serialize_kv(pair)
-    tensors = [(t.name, tuple(t.ne), int(t.type), t.nbytes) for t in plan.tensors if t.split == shard]
-    return kv, tensors
-
-
-def _actual_layout(path: Path):
-    layout = ref.read_gguf_layout(path)
-    kv = {}
-    for key, vtype, raw in layout["kv"]:
-        kv[key] = struct.pack("<Q", len(key.encode())) + key.encode() + struct.pack("<I", vtype) + raw
-    tensors = layout["tensors"]
-    ends = [t[3] for t in tensors[1:]] + [layout["size"] - layout["data_offset"]]
-    sizes = []
-    for (name, ne, qtype, offset), end in zip(tensors, ends):
-        sizes.append((name, ne, qtype, end - offset))
-    return kv, sizes, layout
-
-
-def _pad(n: int) -> int:
-    return (n + 31) // 32 * 32
-
-
-def _compare_file(plan, path: Path, shard: int = 0):
-    want_kv, want_tensors = _expected_layout(plan, shard)
-    got_kv, got_tensors, layout = _actual_layout(path)
-    assert list(got_kv) == list(want_kv), "metadata keys or their order differ"
-    for key in want_kv:
-        assert got_kv[key] == want_kv[key], f"metadata {key} differs"
-    assert [t[:3] for t in got_tensors] == [t[:3] for t in want_tensors]
-    # each tensor's data is padded to 32 bytes; the file ends with the last tensor's padding
-    for (name, _, _, got), (_, _, _, want) in zip(got_tensors, want_tensors):
-        assert got == _pad(want), f"{name}: {got} bytes in the file, {want} planned"
 
 
 def _imatrix(source, include=(), exclude=()):
@@ -121,7 +81,7 @@ def test_real_quantize_stories_matches_plan(work, file_type):
     rc, log = ref.quantize(path, out, golden.FILE_TYPES[file_type], only_copy=name == "COPY",
                            imatrix=imatrix, kv_overrides=overrides)
     assert rc == 0, log[-2000:]
-    _compare_file(plan, out)
+    plan_cases.compare_file(plan, out)
     out.unlink()
 
 
@@ -173,10 +133,10 @@ def test_real_quantize_with_option_matches_plan(work, model, file_type, opts):
         assert plan.n_splits > 1
         for shard in range(plan.n_splits):
             shard_path = work / f"out-{shard + 1:05d}-of-{plan.n_splits:05d}.gguf"
-            _compare_file(plan, shard_path, shard)
+            plan_cases.compare_file(plan, shard_path, shard)
             shard_path.unlink()
     else:
-        _compare_file(plan, out)
+        plan_cases.compare_file(plan, out)
         out.unlink()
 
 

@@ -477,7 +477,8 @@ def why_not_quantized(name: str, ne: tuple[int, ...], options: QuantizeOptions, 
         return "COPY: copied as is"
     if n_dims(ne) < 2:
         return "1-D: kept"
-    if not name.endswith("weight"):
+    # C: name.rfind("weight") == name.size() - 6, which a 5-character name also passes (npos)
+    if not (name.endswith("weight") or len(name) == 5):
         return "not a weight: kept"
     if "_norm.weight" in name:
         return "norm: kept"
@@ -1005,7 +1006,8 @@ def make_plan(source: Source, options: QuantizeOptions,
     """One decision per tensor, in output order.
 
     imatrix_names: the imatrix entries (before --include/--exclude-weights filtering), either
-    names or a mapping name -> number of values (then sizes are checked as llama.cpp does).
+    names or a mapping name -> number of values (or the values), and then sizes are checked as
+    llama.cpp does.
     """
     if options.include_weights and options.exclude_weights:
         raise PlanError("--include-weights and --exclude-weights cannot be used together; keep one")
@@ -1035,7 +1037,8 @@ def make_plan(source: Source, options: QuantizeOptions,
     if imatrix_names is None:
         entries: list[str] = []
     elif isinstance(imatrix_names, Mapping):
-        sizes = dict(imatrix_names)
+        # name -> number of values, or name -> the values themselves
+        sizes = {k: v if isinstance(v, int) else int(getattr(v, "size", None) or len(v)) for k, v in imatrix_names.items()}
         entries = filter_imatrix(sizes, options.include_weights, options.exclude_weights)
     else:
         entries = filter_imatrix(imatrix_names, options.include_weights, options.exclude_weights)

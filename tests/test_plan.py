@@ -145,6 +145,10 @@ def test_imatrix_of_the_wrong_size():
     assert plan.errors == ["blk.0.ffn_down.weight: imatrix entry 'blk.0.ffn_down.weight' has 256 values, "
                            "the tensor needs 768; the imatrix was made for another model"]
     assert by_name(plan)["token_embd.weight"].imatrix_name == ""  # llama.cpp ignores a bad token_embd entry
+    import numpy as np
+
+    plan = make_plan(llama(), opts("Q4_K_M"), {name: np.ones(n, np.float32) for name, n in sizes.items()})
+    assert len(plan.errors) == 1  # the values themselves work as well as their counts
 
 
 def test_requantize_needs_allow_requantize():

@@ -250,18 +250,14 @@ def _q3_k_finish(xb, y, o, L, hd):
             l = nearest_int_fast(xb[16 * j + ii] / d)
             L[16 * j + ii] = max(-4, min(3, l)) + 4
     # The high bit of the first 32 quants goes to bit 0 of hmask[0..31], the next 32 to bit 1, ...
+    # (L is in [0, 7], so the C's `if (L[j] > 3) {hmask |= hm; L[j] -= 4;}` is bit 2, without a branch)
     for m in range(QK_K // 8):
-        y[o + m] = 0
-    m = 0
-    hm = 1
-    for j in range(QK_K):
-        if L[j] > 3:
-            y[o + m] = y[o + m] | hm
-            L[j] -= 4
-        m += 1
-        if m == QK_K // 8:
-            m = 0
-            hm <<= 1
+        hmask = 0
+        for b in range(8):
+            lj = np.int64(L[32 * b + m])
+            hmask |= ((lj >> 2) & 1) << b
+            L[32 * b + m] = lj & 3
+        y[o + m] = hmask
     _pack_2bit(L, y, o + 32)
     _put_fp16(y, o + 108, hd)
 
@@ -526,15 +522,11 @@ def _pack_q5_k(L, y, o):
     m2 = 2
     for n in range(0, QK_K, 64):
         for j in range(32):
+            # L is in [0, 31]: the C's `if (l > 15) {l -= 16; qh |= m;}` is bit 4, without a branch
             l1 = np.int64(L[n + j])
-            if l1 > 15:
-                l1 -= 16
-                y[qh + j] = y[qh + j] | m1
             l2 = np.int64(L[n + j + 32])
-            if l2 > 15:
-                l2 -= 16
-                y[qh + j] = y[qh + j] | m2
-            y[ql + j] = (l1 | (l2 << 4)) & 0xFF
+            y[qh + j] = y[qh + j] | (((l1 >> 4) & 1) * m1) | (((l2 >> 4) & 1) * m2)
+            y[ql + j] = (l1 & 15) | ((l2 & 15) << 4)
         m1 <<= 2
         m2 <<= 2
         ql += 32

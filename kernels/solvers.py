@@ -60,7 +60,8 @@ def _qx_weight(x, i, rmse_type, qw):
 
 # Scratch of the batched scale searches: one flat float32 array, lanes at fixed offsets (a flat
 # array with constant offsets lets LLVM see that the lanes do not alias, and vectorize).
-_P = 48  # lanes per round (make_qkx3_quants tries 37 steps)
+_P = 48  # lanes of scratch per quantity (make_qx_quants uses 24)
+_ROUND = 16  # trials per round of _qkx_search: fewer redone after a winner moves min, still wide
 _ISC, _SL, _SL2, _SXL, _TS, _TM, _ERR, _DD, _W = (k * _P for k in range(9))
 SCRATCH_SIZE = 9 * _P + 256
 
@@ -217,7 +218,7 @@ def _qkx_search(n, nmax, x, weights, L, min_, max_, sum_w, sum_x, rmin, rdelta, 
     """The search shared by make_qkx2_quants and make_qkx3_quants, after their first loop.
 
     The C tries nstep + 1 scales in turn, and a trial that wins moves `min`, which every later
-    trial starts from. Here a round sums all remaining trials at once, one lane each (each lane
+    trial starts from. Here a round sums the next 16 trials at once, one lane each (each lane
     adding in the C's order, from the current min), then walks them in the C's order; when a
     winner moves min, the trials after it are redone in a new round from the new min. Winners
     are few, so this is the C's arithmetic in a fraction of the time. Returns (scale, the_min)."""
@@ -240,7 +241,7 @@ def _qkx_search(n, nmax, x, weights, L, min_, max_, sum_w, sum_x, rmin, rdelta, 
     chosen_min = _ZERO
     start = 0
     while start <= nstep:
-        cnt = min(nstep + 1 - start, _P)
+        cnt = min(nstep + 1 - start, _ROUND)
         lanes = (cnt + 7) // 8 * 8
         for k in range(lanes):
             s[_ISC + k] = (rmin + rdelta * f32(start + k) + fnmax) / (max_ - min_) if k < cnt else _ZERO

@@ -733,7 +733,7 @@ def _get_type_impl(qs: _State, new_type: T, ref: TensorRef, name: str, ftype: FT
             i = qs.i_ffn_down
             qs.i_ffn_down += 1
             if i < qs.n_ffn_down // 8:
-                return (T.IQ3_S if low else T.Q2_K), f"ffn_down {_nth(i, qs.n_ffn_down)}: in first 1/8 of layers"
+                return (T.IQ3_S if low else T.Q2_K), f"ffn_down #{i} of {qs.n_ffn_down}: in first 1/8 of layers"
             return new_type, why
         if cat == Cat.ATTENTION_OUTPUT:
             if n_expert == 8:
@@ -798,7 +798,7 @@ def _get_type_impl(qs: _State, new_type: T, ref: TensorRef, name: str, ftype: FT
     if cat == Cat.FFN_DOWN:
         i_layer, n_layer = _layer_info(qs, qs.i_ffn_down, qs.n_ffn_down, name)
         qs.i_ffn_down += 1
-        at = f"ffn_down {_nth(i_layer, n_layer)}"
+        at = f"ffn_down in layer {i_layer} of {n_layer}"
         first8 = i_layer < n_layer // 8
         if ftype == F.Q2_K:
             return T.Q3_K, "ffn_down in Q2_K"
@@ -867,7 +867,7 @@ def _get_type_impl(qs: _State, new_type: T, ref: TensorRef, name: str, ftype: FT
         i_layer, n_layer = _layer_info(qs, getattr(qs, attr), qs.n_ffn_gate if cat == Cat.FFN_GATE else qs.n_ffn_up, name)
         setattr(qs, attr, getattr(qs, attr) + 1)
         if ftype == F.IQ3_XS and n_layer // 8 <= i_layer < 7 * n_layer // 8:
-            return T.IQ3_XXS, f"{cat.value} {_nth(i_layer, n_layer)}: middle layers in IQ3_XS"
+            return T.IQ3_XXS, f"{cat.value} in layer {i_layer} of {n_layer}: middle 3/4 of layers in IQ3_XS"
         return new_type, why
 
     return new_type, why

@@ -53,16 +53,29 @@ def _ue4m3_table():
 
 
 @njit(cache=True, nogil=True)
-def best_index_mxfp4(kvalues, x, e):
-    """best_index_mxfp4: the first grid index with the least |kvalues[i]*e - x| (float32 throughout)."""
-    best_index = 0
-    best_err = abs(kvalues[0] * e - x)
-    for i in range(1, 16):
-        err = abs(kvalues[i] * e - x)
-        if err < best_err:
-            best_index = i
-            best_err = err
-    return best_index
+def fp4_indices(xr, a0, n, d, mags, L, best, ax):
+    """best_index_mxfp4(xr[a0 + j], d) for j < n, into L (best, ax: scratch of n floats).
+
+    ggml takes the first index with the least fabsf(kvalues[i]*d - x) over all 16 codes. The codes
+    are 0..7 = +mags and 8..15 = -mags, so a code of the other sign never errs less than code 0
+    (which comes first), and -m*d - x is exactly -(m*d - |x|) for x < 0: the answer is the first
+    least fabsf(mags[k]*d - |x|) over k < 8, plus 8 for negative x when k > 0. Looping codes outside
+    and weights inside lets the compiler vectorize across weights.
+    """
+    for j in range(n):
+        ax[j] = abs(xr[a0 + j])
+        best[j] = ax[j]  # code 0: fabsf(0*d - x)
+        L[j] = 0
+    for k in range(1, 8):
+        v = mags[k] * d
+        for j in range(n):
+            err = abs(v - ax[j])
+            if err < best[j]:
+                best[j] = err
+                L[j] = k
+    for j in range(n):
+        if xr[a0 + j] < _ZERO and L[j] != 0:
+            L[j] += 8
 
 
 @njit(cache=True, nogil=True)
@@ -83,12 +96,15 @@ def e8m0_of_amax(amax):
 
 # MXFP4: 32 weights per 17-byte block (e: E8M0; qs: 16, x[j] low nibble, x[j + 16] high); quantize_row_mxfp4_ref
 @njit(cache=True, nogil=True, parallel=True)
-def _quantize_mxfp4_rows(x, kvalues, e8m0_half):
+def _quantize_mxfp4_rows(x, mags, e8m0_half):
     nrows, n_per_row = x.shape
     nb = n_per_row // QK_MXFP4
     y = np.zeros((nrows, nb * MXFP4_BYTES), dtype=np.uint8)
     for r in prange(nrows):
         xr = x[r]
+        L = np.empty(QK_MXFP4, dtype=np.int32)
+        best = np.empty(QK_MXFP4, dtype=np.float32)
+        ax = np.empty(QK_MXFP4, dtype=np.float32)
         for i in range(nb):
             a = i * QK_MXFP4
             b = i * MXFP4_BYTES
@@ -99,10 +115,9 @@ def _quantize_mxfp4_rows(x, kvalues, e8m0_half):
             e = e8m0_of_amax(amax)
             d = e8m0_half[e]
             y[r, b] = e
+            fp4_indices(xr, a, QK_MXFP4, d, mags, L, best, ax)
             for j in range(QK_MXFP4 // 2):
-                x0 = best_index_mxfp4(kvalues, xr[a + j], d)
-                x1 = best_index_mxfp4(kvalues, xr[a + QK_MXFP4 // 2 + j], d)
-                y[r, b + 1 + j] = x0 | (x1 << 4)
+                y[r, b + 1 + j] = L[j] | (L[j + QK_MXFP4 // 2] << 4)
     return y
 
 
@@ -156,7 +171,7 @@ def fp32_to_ue4m3(x, bits):
 # NVFP4: 64 weights per 36-byte block (d: 4 UE4M3, one per 16 weights; qs: 32, per 16 weights
 # x[j] low nibble, x[j + 8] high); quantize_row_nvfp4_ref
 @njit(cache=True, nogil=True, parallel=True)
-def _quantize_nvfp4_rows(x, kvalues, ue4m3):
+def _quantize_nvfp4_rows(x, mags, ue4m3):
     nrows, n_per_row = x.shape
     nb = n_per_row // QK_NVFP4
     y = np.zeros((nrows, nb * NVFP4_BYTES), dtype=np.uint8)
@@ -164,6 +179,9 @@ def _quantize_nvfp4_rows(x, kvalues, ue4m3):
         xr = x[r]
         scratch = np.empty(1, dtype=np.float32)  # to read a float32's bits without allocating per block
         scratch_bits = scratch.view(np.uint32)
+        L = np.empty(QK_NVFP4_SUB, dtype=np.int32)
+        best = np.empty(QK_NVFP4_SUB, dtype=np.float32)
+        ax = np.empty(QK_NVFP4_SUB, dtype=np.float32)
         for i in range(nb):
             b = i * NVFP4_BYTES
             for s in range(QK_NVFP4 // QK_NVFP4_SUB):
@@ -176,10 +194,9 @@ def _quantize_nvfp4_rows(x, kvalues, ue4m3):
                 ue = fp32_to_ue4m3(scratch[0], scratch_bits[0])
                 y[r, b + s] = ue
                 d = ue4m3[ue]
+                fp4_indices(xr, a, QK_NVFP4_SUB, d, mags, L, best, ax)
                 for j in range(QK_NVFP4_SUB // 2):
-                    x0 = best_index_mxfp4(kvalues, xr[a + j], d)
-                    x1 = best_index_mxfp4(kvalues, xr[a + QK_NVFP4_SUB // 2 + j], d)
-                    y[r, b + 4 + s * (QK_NVFP4_SUB // 2) + j] = x0 | (x1 << 4)
+                    y[r, b + 4 + s * (QK_NVFP4_SUB // 2) + j] = L[j] | (L[j + QK_NVFP4_SUB // 2] << 4)
     return y
 
 
@@ -202,12 +219,15 @@ def _dequantize_nvfp4_rows(blob, n_per_row, kvalues, ue4m3):
 
 
 _KVALUES = KVALUES_MXFP4.astype(np.float32)  # int8 promoted to float, as at every use in C
+_MAGS = _KVALUES[:8].copy()
+# fp4_indices relies on the grid's shape: eight ascending magnitudes from 0, then their negatives
+assert _MAGS[0] == 0 and np.all(np.diff(_MAGS) > 0) and np.array_equal(_KVALUES[8:], -_MAGS)
 _E8M0_HALF = _e8m0_half_table()
 _UE4M3 = _ue4m3_table()
 
 
 def quantize_mxfp4(x, imatrix=None):
-    return _quantize_mxfp4_rows(x, _KVALUES, _E8M0_HALF)
+    return _quantize_mxfp4_rows(x, _MAGS, _E8M0_HALF)
 
 
 def dequantize_mxfp4(blob, n_per_row):
@@ -215,7 +235,7 @@ def dequantize_mxfp4(blob, n_per_row):
 
 
 def quantize_nvfp4(x, imatrix=None):
-    return _quantize_nvfp4_rows(x, _KVALUES, _UE4M3)
+    return _quantize_nvfp4_rows(x, _MAGS, _UE4M3)
 
 
 def dequantize_nvfp4(blob, n_per_row):

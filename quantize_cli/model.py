@@ -16,6 +16,7 @@ that they are dequantized again at each use, so memory stays bounded for big mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -162,6 +163,11 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_rot: int, rope
     return out
 
 
+@lru_cache(maxsize=8)
+def _causal_mask(n: int) -> np.ndarray:
+    return np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)
+
+
 def _f16_round(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
@@ -285,16 +291,16 @@ class Model:
         T, n_head, hd = q.shape
         n_kv = k.shape[1]
         # contiguous (heads, T, hd) operands: numpy's stacked matmul only reaches BLAS for those
-        q = np.ascontiguousarray(q.transpose(1, 0, 2)).reshape(n_kv, group, T, hd)
+        # the scale goes on q (T*hd values) rather than on the scores (T*T): same up to rounding
+        q = (np.ascontiguousarray(q.transpose(1, 0, 2)) * kq_scale).reshape(n_kv, group, T, hd)
         kt = np.ascontiguousarray(k.transpose(1, 2, 0))  # (n_kv, hd, T)
         v = np.ascontiguousarray(v.transpose(1, 0, 2))   # (n_kv, T, hd)
         out = np.empty((n_kv, group, T, hd), dtype=np.float32)
         for r0 in range(0, T, block):
             r1 = min(T, r0 + block)
-            mask = np.triu(np.full((r1 - r0, r1 - r0), -np.inf, dtype=np.float32), k=1)
+            mask = _causal_mask(r1 - r0)
             for j in range(n_kv):  # one KV head and the `group` query heads that share it
                 scores = q[j, :, r0:r1] @ kt[j, :, :r1]  # (group, B, r1)
-                scores *= kq_scale
                 scores[:, :, r0:r1] += mask
                 scores -= scores.max(axis=-1, keepdims=True)
                 np.exp(scores, out=scores)

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Tokens/s of `pyquantize imatrix` against llama-imatrix, same model, text, chunks and threads.
+
+Both are measured in this run: llama-imatrix's own "prompt eval" rate (llama_perf) against the
+time of our chunk loop (the forward passes and collection), and the wall clock of each whole run
+(model load and tokenization included). llama-imatrix runs as in the parity tests (-ctk f32
+-ctv f32 -fa off) and, for information, with its defaults (F16 KV cache, flash attention auto).
+
+    python scripts/bench_imatrix.py [--model M.gguf] [--text T.txt] [--chunks 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT / "tests" / "data"
+
+
+def run_llama(exe: Path, model: Path, text: Path, chunks: int, threads: int, plain: bool) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [str(exe), "-m", str(model), "-f", str(text), "-o", f"{tmp}/i.gguf", "-c", "512",
+               "--chunks", str(chunks), "-t", str(threads), "--no-warmup"]
+        if plain:
+            cmd += ["-ctk", "f32", "-ctv", "f32", "-fa", "off"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"llama-imatrix failed:\n{proc.stderr[-2000:]}")
+    m = re.search(r"prompt eval time =\s*([0-9.]+) ms /\s*(\d+) tokens", proc.stdout + proc.stderr)
+    if not m:
+        raise SystemExit("could not read llama-imatrix's prompt eval time")
+    return int(m.group(2)) / (float(m.group(1)) / 1000), wall
+
+
+def run_ours(model: Path, text: Path, chunks: int, threads: int) -> tuple[float, float]:
+    from quantize_cli.imatrix_cmd import ImatrixOptions, compute_imatrix, set_threads
+
+    set_threads(threads)
+    spent = {"s": 0.0, "n": 0}
+
+    def on_chunk(r):
+        spent["s"] += r.seconds
+        spent["n"] += r.tokens
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        compute_imatrix(model, ImatrixOptions(text_file=text, output=Path(tmp) / "i.gguf", chunks=chunks,
+                                              threads=threads), on_chunk=on_chunk)
+        wall = time.perf_counter() - t0
+    return spent["n"] / spent["s"], wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=DATA / "stories260K.gguf")
+    ap.add_argument("--text", type=Path, default=DATA / "calibration-en.txt")
+    ap.add_argument("--chunks", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llama-bin", type=Path, default=Path("/work/ref/build/bin"))
+    args = ap.parse_args()
+    exe = args.llama_bin / "llama-imatrix"
+    ours, ours_wall = run_ours(args.model, args.text, args.chunks, args.threads)
+    print(f"model {args.model.name}, {args.chunks} chunks of 512 tokens, {args.threads} threads")
+    print(f"  pyquantize imatrix          : {ours:10.0f} tokens/s   (whole run {ours_wall:6.2f} s)")
+    if not exe.exists():
+        print(f"  llama-imatrix: {exe} not found (scripts/build_llama_cpp.sh builds it); no ratio")
+        return
+    for plain, label in ((True, "f32 KV, no flash attn"), (False, "defaults: f16 KV, FA auto")):
+        rate, wall = run_llama(exe, args.model, args.text, args.chunks, args.threads, plain)
+        print(f"  llama-imatrix ({label:>25}): {rate:10.0f} tokens/s   (whole run {wall:6.2f} s)   "
+              f"ratio ours/llama {ours / rate:5.2f}x (whole run {wall / ours_wall:5.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

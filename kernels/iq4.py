@@ -30,35 +30,57 @@ _ONE = f32(1.0)
 KVALUES_IQ4NL = np.array(_GGUF_IQ4_NL.kvalues, dtype=np.int8)
 
 
-@njit(cache=True, nogil=True)
-def best_index_int8(values, x):
-    """best_index_int8(16, values, x): the nearest of the 16 sorted grid values, ties to the upper one.
+def nearest_thresholds(values):
+    """For each neighbour pair (a, b) of the sorted grid, the least float32 x in (a, b] at which
+    best_index_int8's tie test `x - a < b - x` (float32) fails, so that best_index_int8(x) is the
+    count of thresholds <= x. The test is monotone in x (rounding is), so bisection on the ordered
+    float32 bit patterns finds it exactly. For kvalues_iq4nl these are the midpoints."""
+    v = np.asarray(values, dtype=np.float32)
 
-    ggml bisects; any search that brackets x the same way (values[p] <= x < values[p + 1]) gives the
-    same answer, and a fixed four-step one compiles without unpredictable loop branches. NaN falls
-    through to 15, as in ggml.
+    def key(f):  # float32 -> int, order preserving
+        bits = int(np.float32(f).view(np.uint32))
+        return bits if bits < 0x80000000 else -(bits & 0x7FFFFFFF)
+
+    def unkey(k):
+        return np.uint32(k if k >= 0 else (-k) | 0x80000000).view(np.float32)
+
+    t = np.empty(v.size - 1, dtype=np.float32)
+    for k in range(v.size - 1):
+        a, b = v[k], v[k + 1]
+        lo, hi = key(a), key(b)  # the test holds at a and fails at b
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            x = unkey(mid)
+            if np.float32(x - a) < np.float32(b - x):
+                lo = mid
+            else:
+                hi = mid
+        t[k] = unkey(hi)
+    return t
+
+
+@njit(cache=True, nogil=True, inline="always")
+def best_index_int8(t, x):
+    """best_index_int8(16, kvalues, x) from the 15 thresholds t of nearest_thresholds(kvalues).
+
+    ggml bisects to the bracketing pair, then ties go to the upper value; counting thresholds
+    gives the same index for every float32 (NaN: 15, as ggml's bisection ends there), with no
+    data-dependent branches, so loops over weights vectorize.
     """
-    if x <= values[0]:
-        return 0
-    if not x < values[15]:
+    if x != x:
         return 15
-    p = 0
-    if values[p + 8] <= x:
-        p += 8
-    if values[p + 4] <= x:
-        p += 4
-    if values[p + 2] <= x:
-        p += 2
-    if values[p + 1] <= x:
-        p += 1
-    return p if x - values[p] < values[p + 1] - x else p + 1
+    return (np.int32(x >= t[0]) + np.int32(x >= t[1]) + np.int32(x >= t[2]) + np.int32(x >= t[3])
+            + np.int32(x >= t[4]) + np.int32(x >= t[5]) + np.int32(x >= t[6]) + np.int32(x >= t[7])
+            + np.int32(x >= t[8]) + np.int32(x >= t[9]) + np.int32(x >= t[10]) + np.int32(x >= t[11])
+            + np.int32(x >= t[12]) + np.int32(x >= t[13]) + np.int32(x >= t[14]))
 
 
 @njit(cache=True, nogil=True)
-def _iq4_superblock(x, qw, use_qw, values, y, scales, weight, L):
+def _iq4_superblock(x, qw, use_qw, values, t, y, scales, weight, L, Lb):
     """quantize_row_iq4_nl_impl(len(x), 32, ..., ntry=7) for one super-block x into the block bytes y.
 
     len(x) == 32 is IQ4_NL (y = d, qs); len(x) == 256 is IQ4_XS (y = d, scales_h, scales_l, qs).
+    values: the grid as float32; t: its nearest_thresholds; scales, weight, L, Lb: scratch.
     """
     super_block_size = x.shape[0]
     nsub = super_block_size // 32
@@ -88,13 +110,16 @@ def _iq4_superblock(x, qw, use_qw, values, y, scales, weight, L):
         if amax < _GROUP_MAX_EPS:
             scales[ib] = _ZERO
             continue
-        # The first pass's L is always overwritten below (ntry > 0), so it is not kept.
+        # The first pass's L is always overwritten below (ntry > 0), so it is not kept. Indices are
+        # found in a loop of their own (it vectorizes), then summed in ggml's order.
         d = -mx / v0
         id = _ONE / d
+        for j in range(32):
+            Lb[j] = best_index_int8(t, id * x[o + j])
         sumqx = _ZERO
         sumq2 = _ZERO
         for j in range(32):
-            q = values[best_index_int8(values, id * x[o + j])]
+            q = values[Lb[j]]
             w = weight[j]
             sumqx += w * q * x[o + j]
             sumq2 += w * q * q
@@ -102,10 +127,12 @@ def _iq4_superblock(x, qw, use_qw, values, y, scales, weight, L):
         best = d * sumqx
         for itry in range(-NTRY, NTRY + 1):
             id = (f32(itry) + v0) / mx
+            for j in range(32):
+                Lb[j] = best_index_int8(t, id * x[o + j])
             sumqx = _ZERO
             sumq2 = _ZERO
             for j in range(32):
-                q = values[best_index_int8(values, id * x[o + j])]
+                q = values[Lb[j]]
                 w = weight[j]
                 sumqx += w * q * x[o + j]
                 sumq2 += w * q * q
@@ -132,7 +159,7 @@ def _iq4_superblock(x, qw, use_qw, values, y, scales, weight, L):
             dl = d * f32(l)
             idl = _ONE / dl if dl != _ZERO else _ZERO
             for j in range(32):
-                L[o + j] = best_index_int8(values, idl * x[o + j])
+                L[o + j] = best_index_int8(t, idl * x[o + j])
             l += 32
             if ib % 2 == 0:
                 y[4 + ib // 2] = l & 0xF
@@ -146,7 +173,7 @@ def _iq4_superblock(x, qw, use_qw, values, y, scales, weight, L):
         dh = fp32_to_fp16(scales[0])
         id = _ONE / scales[0] if scales[0] != _ZERO else _ZERO
         for j in range(super_block_size):
-            L[j] = best_index_int8(values, id * x[j])
+            L[j] = best_index_int8(t, id * x[j])
         qs0 = 2
     y[0] = dh & 0xFF
     y[1] = dh >> 8
@@ -156,7 +183,7 @@ def _iq4_superblock(x, qw, use_qw, values, y, scales, weight, L):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _quantize_rows(x, qw, use_qw, values, super_block_size, block_bytes):
+def _quantize_rows(x, qw, use_qw, values, t, super_block_size, block_bytes):
     nrows, n_per_row = x.shape
     nb = n_per_row // super_block_size
     y = np.zeros((nrows, nb * block_bytes), dtype=np.uint8)
@@ -164,10 +191,11 @@ def _quantize_rows(x, qw, use_qw, values, super_block_size, block_bytes):
         scales = np.empty(super_block_size // 32, dtype=np.float32)
         weight = np.empty(32, dtype=np.float32)
         L = np.empty(super_block_size, dtype=np.uint8)
+        Lb = np.empty(32, dtype=np.int32)
         for i in range(nb):
             a = i * super_block_size
-            _iq4_superblock(x[r, a:a + super_block_size], qw[a:a + super_block_size], use_qw, values,
-                            y[r, i * block_bytes:(i + 1) * block_bytes], scales, weight, L)
+            _iq4_superblock(x[r, a:a + super_block_size], qw[a:a + super_block_size], use_qw, values, t,
+                            y[r, i * block_bytes:(i + 1) * block_bytes], scales, weight, L, Lb)
     return y
 
 
@@ -213,14 +241,15 @@ def _dequantize_iq4_xs_rows(blob, n_per_row, values):
 
 
 _VALUES = KVALUES_IQ4NL.astype(np.float32)
-_NO_QW = np.zeros(0, dtype=np.float32)
+_THRESHOLDS = nearest_thresholds(_VALUES)
+assert _THRESHOLDS.size == 15 and np.all(np.diff(_VALUES) > 0)  # best_index_int8 counts 15 thresholds
 
 
 def _quantize(x, imatrix, super_block_size, block_bytes):
     if imatrix is None:
         qw = np.zeros(x.shape[1], dtype=np.float32)  # unread; keeps one compiled signature
-        return _quantize_rows(x, qw, False, _VALUES, super_block_size, block_bytes)
-    return _quantize_rows(x, imatrix, True, _VALUES, super_block_size, block_bytes)
+        return _quantize_rows(x, qw, False, _VALUES, _THRESHOLDS, super_block_size, block_bytes)
+    return _quantize_rows(x, imatrix, True, _VALUES, _THRESHOLDS, super_block_size, block_bytes)
 
 
 def quantize_iq4_nl(x, imatrix=None):

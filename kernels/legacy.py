@@ -72,6 +72,15 @@ def _get_u32(y, o):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _mul_add(x, d, m):
+    """x*d + m, two roundings (no FMA). When both x*d and m are NaN, x86's addss returns its first
+    operand, the product, in ggml; LLVM may commute the add, so pick the product explicitly."""
+    t = x * d
+    v = t + m
+    return t if t != t else v
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _sigma2(x):
     # quantize_row_*_impl: mean square of the whole row, summed in float in index order.
     sum_x2 = _ZERO
@@ -244,8 +253,8 @@ def _dequantize_q4_1(blob, n):
             m = _get_fp16(b, o + 2)
             for j in range(QK // 2):
                 q = b[o + 4 + j]
-                y[r, i * QK + j] = f32(q & 0x0F) * d + m
-                y[r, i * QK + j + QK // 2] = f32(q >> 4) * d + m
+                y[r, i * QK + j] = _mul_add(f32(q & 0x0F), d, m)
+                y[r, i * QK + j + QK // 2] = _mul_add(f32(q >> 4), d, m)
     return y
 
 
@@ -427,8 +436,8 @@ def _dequantize_q5_1(blob, n):
                 xh_0 = ((qh >> j) << 4) & 0x10
                 xh_1 = (qh >> (j + 12)) & 0x10
                 q = np.int64(b[o + 8 + j])
-                y[r, i * QK + j] = f32((q & 0x0F) | xh_0) * d + m
-                y[r, i * QK + j + QK // 2] = f32((q >> 4) | xh_1) * d + m
+                y[r, i * QK + j] = _mul_add(f32((q & 0x0F) | xh_0), d, m)
+                y[r, i * QK + j + QK // 2] = _mul_add(f32((q >> 4) | xh_1), d, m)
     return y
 
 

@@ -136,7 +136,7 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
         from .tokenizer import tokenizer_from_gguf
 
         text = read_text(Path(opts.text_file))
-        if not text.strip():
+        if not text:
             raise ImatrixError(f"{opts.text_file}: the text is empty; give calibration text of at least "
                                f"{2 * opts.ctx_size} tokens")
         tok = tokenizer_from_gguf(model_path)

@@ -62,6 +62,8 @@ _QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L
 _PORO = r" ?[^(\s|.,!?…。，、।۔،)]+"
 
 _PRE: dict[str, tuple[list[str], dict[str, Any]]] = {}
+_SPM_BOUNDARY = re.compile("[^\u2581]\u2581")  # a non-space followed by the escaped space
+_SPM_WORD = re.compile("\u2581*[^\u2581]*")  # runs of U+2581 with the word after them
 
 
 def _pre(names: str, exprs: list[str], **flags: Any) -> None:
@@ -446,6 +448,12 @@ class Tokenizer:
                     i = self.token_to_id[t]
                     self.attrs[i] = self.attrs[i] | ATTR_RSTRIP if on else self.attrs[i] & ~ATTR_RSTRIP
         self._bpe_cache: dict[str, list[int]] = {}
+        # SPM merges never join a symbol ending in a non-space to one starting with U+2581 when no
+        # token holds such a pair; the text can then be cut before each word's U+2581 and each word
+        # tokenized (and cached) on its own, with the same result as the whole text at once.
+        self._spm_words = self.model == "llama" and not any(
+            _SPM_BOUNDARY.search(t) for t in self.tokens)
+        self._spm_cache: dict[str, list[int]] = {}
 
     @property
     def n_vocab(self) -> int:
@@ -524,8 +532,22 @@ class Tokenizer:
             raise TokenizerError(f"the vocabulary has no token for byte 0x{b:02X} (no byte fallback)")
         return tid
 
-    # -- llm_tokenizer_spm_session::tokenize
     def _spm(self, text: str, out: list[int]) -> None:
+        if not self._spm_words:
+            self._spm_text(text, out)
+            return
+        cache = self._spm_cache
+        for word in _SPM_WORD.findall(text):
+            ids = cache.get(word)
+            if ids is None:
+                ids = []
+                self._spm_text(word, ids)
+                if len(cache) < 200_000:
+                    cache[word] = ids
+            out.extend(ids)
+
+    # -- llm_tokenizer_spm_session::tokenize
+    def _spm_text(self, text: str, out: list[int]) -> None:
         n = len(text)
         if n == 0:
             return

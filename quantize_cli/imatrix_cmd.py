@@ -319,6 +319,7 @@ def _run(model, text_file, output, output_format, ctx_size, chunks, from_chunk, 
                         transient=True, disable=not show_bar)
     task = None
     state = {"tokens": 0, "seconds": 0.0}
+    ppl_items: list[str] = []
 
     def on_start(n_chunk: int, n_ctx: int) -> None:
         nonlocal task
@@ -330,14 +331,18 @@ def _run(model, text_file, output, output_format, ctx_size, chunks, from_chunk, 
         state["seconds"] += r.seconds
         speed = f"{state['tokens'] / state['seconds']:.0f} tok/s" if state["seconds"] > 0 else ""
         if r.ppl is not None:
-            sys.stdout.write(f"[{r.index}]{r.ppl:.4f},")
-            sys.stdout.flush()
+            item = f"[{r.index}]{r.ppl:.4f},"
+            if show_bar:  # the live bar owns the terminal: the list is printed whole at the end
+                ppl_items.append(item)
+            else:
+                sys.stdout.write(item)
+                sys.stdout.flush()
         progress.update(task, advance=1, speed=speed, ppl=f"ppl {r.ppl:.4f}" if r.ppl is not None else "")
 
     with progress:
         result = compute_imatrix(model, opts, on_chunk=on_chunk, on_start=on_start)
     if result.chunk_ppl:
-        sys.stdout.write("\n")
+        sys.stdout.write("".join(ppl_items) + "\n")
     for w in result.warnings:
         typer.echo(f"warning: {w}", err=True)
     if result.ppl is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 import struct
 from hashlib import sha256
 from pathlib import Path
@@ -78,7 +79,6 @@ class HFSource(Source):
         self.arch_name = gguf.MODEL_ARCH_NAMES[self.arch]
         self.dims = _Dims(self.path, self.hparams)
         self.rope_parameters = _rope_parameters(self.hparams)
-        self._maps: list[np.memmap] = []
         self.tensors = self._index_tensors()
         self.kv = self._metadata()
 
@@ -88,7 +88,6 @@ class HFSource(Source):
         entries = _read_shards(self.path)  # (hf name, dtype, shape, shard path, offset, nbytes), convert order
         tensor_map = gguf.get_tensor_name_map(self.arch, self.dims.n_layer)
         expected = self.dims.expected_shapes(self.arch_name)
-        maps: dict[Path, np.memmap] = {}
         tensors = list(self._extra_tensors())
         for hf_name, dtype, shape, shard, offset, nbytes in entries:
             if hf_name.endswith(SKIPPED_SUFFIXES):
@@ -107,8 +106,6 @@ class HFSource(Source):
                 raise SourceError(
                     f"{shard.name}: tensor {hf_name} has shape {list(shape)} but config.json implies "
                     f"{list(want)}: the config does not match the weights")
-            if shard not in maps:
-                maps[shard] = np.memmap(shard, dtype=np.uint8, mode="r")
             np_dtype, stored = DTYPES[dtype]
             # the converter keeps 1-D tensors and norms in F32 whatever the output type
             out_type = GGMLQuantizationType.F32 if len(shape) <= 1 or name.endswith("_norm.weight") else stored
@@ -119,9 +116,8 @@ class HFSource(Source):
                 permute = self.dims.n_head_kv
             tensors.append(TensorRef(
                 name=name, ne=tuple(int(d) for d in reversed(shape)) or (1,), type=out_type,
-                load=_loader(maps[shard], offset, nbytes, np_dtype, dtype, tuple(shape), out_type, permute),
+                load=_loader(shard, offset, nbytes, np_dtype, dtype, tuple(shape), out_type, permute),
                 offset=offset))
-        self._maps = list(maps.values())
         self._check_complete(tensors)
         return tensors
 
@@ -399,7 +395,6 @@ class HFSource(Source):
         gguf.SpecialVocab(d, load_merges=True).add_to_gguf(w, quiet=True)
 
     def close(self) -> None:
-        self._maps = []
         for t in self.tensors:
             t.load = _closed(t.name)
 
@@ -572,16 +567,28 @@ def _read_shards(path: Path) -> list[tuple[str, str, list[int], Path, int, int]]
     return entries
 
 
-def _loader(mm: np.memmap, offset: int, nbytes: int, np_dtype: np.dtype, dtype: str, shape: tuple[int, ...],
+def _loader(shard: Path, offset: int, nbytes: int, np_dtype: np.dtype, dtype: str, shape: tuple[int, ...],
             out_type: GGMLQuantizationType, permute_heads: int | None) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        data = np.frombuffer(mm, dtype=np_dtype, count=nbytes // np_dtype.itemsize, offset=offset)
+        data = _map(shard, offset, nbytes).view(np_dtype)
         if out_type == GGMLQuantizationType.F32 and dtype != "F32":
             data = _bf16_to_f32(data) if dtype == "BF16" else data.astype(np.float32)
         if permute_heads is not None:
             data = _permute(data.reshape(shape), permute_heads)
         return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     return load
+
+
+def _map(path: Path, offset: int, nbytes: int) -> np.ndarray:
+    """The tensor's bytes, memory-mapped on their own: the mapping goes when the array does, so
+    pages read for one tensor do not stay in the process (as they would with one map per shard,
+    which counts every tensor read so far in its resident size)."""
+    if nbytes == 0:
+        return np.empty(0, np.uint8)
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
+    return np.frombuffer(mm, np.uint8, count=nbytes, offset=offset - start)
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:

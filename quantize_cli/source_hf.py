@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import yaml
 import gguf
 from gguf import GGMLQuantizationType, GGUFValueType
 
@@ -172,7 +173,11 @@ class HFSource(Source):
         """Drive a path-less GGUFWriter in the order ModelBase.write() does and read its pairs back."""
         w = gguf.GGUFWriter(path=None, arch=self.arch_name)  # general.architecture
         total = sum(t.n_elements for t in self.tensors)
-        meta = gguf.Metadata.load(None, self.path, None, total)
+        try:
+            meta = gguf.Metadata.load(None, self.path, None, total)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{self.path / 'README.md'}: the model card's front matter is not valid YAML "
+                              f"({str(exc).splitlines()[0]}); fix or remove it") from None
         if meta.name is None:
             meta.name = self.path.name
         if meta.size_label is None and total > 0:

@@ -273,6 +273,21 @@ def test_tied_embeddings_give_no_output_tensor(stories_hf, tmp_path):
     assert "output.weight" not in names and "token_embd.weight" in names
 
 
+def test_model_card_metadata(stories_hf, tmp_path):
+    """general.* from README.md's front matter, through gguf's Metadata as the converter does."""
+    folder = copy(stories_hf, tmp_path)
+    (folder / "README.md").write_text("---\nlicense: mit\ntags:\n- tiny\nlanguage:\n- en\n---\n# stories\n")
+    with HFSource(folder) as src:
+        kv = {k.key: k.get() for k in src.kv}
+    assert kv["general.license"] == "mit" and kv["general.tags"] == ["tiny"] and kv["general.languages"] == ["en"]
+
+
+def test_error_malformed_model_card(stories_hf, tmp_path):
+    folder = copy(stories_hf, tmp_path)
+    (folder / "README.md").write_text("---\nlicense: [mit\n---\n")
+    assert "README.md: the model card's front matter is not valid YAML" in error_of(folder)
+
+
 def test_llama3_rope_scaling_makes_rope_freqs(stories_hf, tmp_path):
     folder = copy(stories_hf, tmp_path)
     _edit_json(folder / "config.json", rope_theta=500000.0, rope_scaling={

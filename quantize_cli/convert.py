@@ -203,6 +203,7 @@ def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
                     else:
                         writer.write(tp.ref.load())
                     writer.end_tensor()
+                    tp.ref.release()
                     if progress:
                         progress("done", tp, tp.ref.nbytes)
                 writer.close()

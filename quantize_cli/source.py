@@ -8,6 +8,7 @@ GGUF files are memory-mapped through the gguf package's reader (zero-copy), and 
 
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class TensorRef:
     load: Callable[[], np.ndarray]  # flat uint8 bytes of the tensor, as stored in `type`
     split: int = 0  # shard index of a split input
     offset: int = 0  # byte offset of the data in its file (for ordering a split model)
+    release: Callable[[], None] = lambda: None  # drop the tensor's pages from memory once written
 
     @property
     def n_elements(self) -> int:
@@ -178,6 +180,7 @@ class GGUFFileSource(Source):
                     f"{self.path}: tensor {name} data runs past the end of the file "
                     f"(needs bytes up to {end}, file has {size}): the file is truncated")
             ref.load = _loader(mm, ref.offset, ref.nbytes)
+            ref.release = _releaser(mm, ref.offset, ref.nbytes)
             self.tensors.append(ref)
 
     @staticmethod
@@ -190,6 +193,21 @@ class GGUFFileSource(Source):
 
 def _loader(mm: np.ndarray, offset: int, nbytes: int) -> Callable[[], np.ndarray]:
     return lambda: mm[offset:offset + nbytes]
+
+
+def _releaser(mm: np.ndarray, offset: int, nbytes: int) -> Callable[[], None]:
+    """Tell the kernel we are done with a tensor's pages (as llama.cpp's unmap_weight does), so
+    the resident size stays near one tensor instead of growing to the whole file."""
+    def release() -> None:
+        raw = getattr(mm, "_mmap", None)
+        if raw is None or not hasattr(raw, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        start = offset // page * page
+        end = min(len(raw), (offset + nbytes + page - 1) // page * page)
+        if end > start:
+            raw.madvise(mmap.MADV_DONTNEED, start, end - start)
+    return release
 
 
 class SplitGGUFSource(Source):

@@ -103,7 +103,8 @@ def bench_type(qtype, x, imatrix, repeat, have_ggml):
 
 
 def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    width = int(spec.split(".")[0])
+    return "-".rjust(width) if v is None else format(v, spec)
 
 
 def main(argv=None) -> int:

@@ -405,8 +405,8 @@ def _k4_requantize(xb, y, o, L, nmax, hd, hm):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
-    """quantize_row_q4_K_ref (nmax 15) / quantize_row_q5_K_ref (nmax 31) up to the packing of
-    the quants; calls pack(L, block) per block through the nmax switch."""
+    """quantize_row_q4_K_ref (nmax 15) / quantize_row_q5_K_ref (nmax 31); they differ only in
+    nmax, the make_qkx2_quants parameters and the packing of the quants."""
     nb = x.shape[0] // QK_K
     sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)

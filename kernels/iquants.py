@@ -9,20 +9,26 @@ neighbours (kmap/kneighbors, built in iq_tables as llama.cpp builds them).
 ggml_quantize_chunk always runs quantize_iq*: IQ2_XXS and IQ2_XS assert an imatrix, the others
 take NULL and then weigh by x^2 (IQ3_*) or sigma2/4 + x^2 (IQ2_S).
 
-Faster than the C, same bytes: the neighbour search stops summing a candidate's weighted distance
-as soon as the partial sum reaches the best so far. Every term w*diff*diff is >= 0 (w is a
-sqrtf), so float partial sums never decrease and such a candidate could not have won (C keeps
-the first strict minimum).
+Faster than the C, same bytes, by computing each distinct float term once: a neighbour's distance
+sum(waux*(scale*q - x)^2) takes, per element, one of 3 (IQ2) or 8 (IQ3) levels q, so the search
+fills a table of those terms and each candidate adds 8 (or 4) of them in the C's order; the trial
+sums sumqx = sum(w*x*q) and sumq2 = sum(w*q*q) likewise add per-sub-block tables. Each term is
+evaluated with the C's operations in the C's order, so every sum and every comparison is the C's.
+(Stopping a candidate's sum once it reaches the best so far would also be exact, the terms being
+>= 0, but its unpredictable branch costs more than it saves.)
 """
+
+from collections import namedtuple
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
-from .common import fp16_to_fp32, fp32_to_fp16
 from .iq_tables import ksigns as _ksigns_table
 from .iq_tables import tables
+from .solvers import fp16_to_fp32_fast as fp16_to_fp32
+from .solvers import fp32_to_fp16_fast as fp32_to_fp16
 from .solvers import nearest_int_fast as nearest_int
 
 f32 = np.float32
@@ -44,11 +50,19 @@ _D_IQ3_S = f32(1.033)
 
 _NO_WEIGHTS = np.zeros(0, dtype=np.float32)
 
+# A row's scratch for the grid search, with the type's tables (one per row: rows run in parallel).
+_Search = namedtuple("_Search", "terms wxq wq2 Laux on_grid_aux waux levels kmap kneighbors")
+
+# The search runs in functions compiled with _nrt=False: they never allocate, and without Numba's
+# reference counting they skip the atomic incref/decref it adds per array per call (measured at
+# 60% of the run time, and a point of contention between threads sharing the tables). The group
+# searches are inlined into their callers (inline="always") for the same reason.
+
 
 # ---------------------------------------------------------------- shared pieces
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _put_fp16(y, o, f):
     h = fp32_to_fp16(f)
     y[o] = h & 0xFF
@@ -60,7 +74,7 @@ def _get_fp16(y, o):
     return fp16_to_fp32(np.uint16(y[o]) | (np.uint16(y[o + 1]) << np.uint16(8)))
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _put_u32(y, o, v):
     y[o] = v & 0xFF
     y[o + 1] = (v >> 8) & 0xFF
@@ -68,7 +82,7 @@ def _put_u32(y, o, v):
     y[o + 3] = (v >> 24) & 0xFF
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _sum_x2(x, o):
     # sum of squares of one super-block, in float, in index order
     sumx2 = _ZERO
@@ -77,7 +91,7 @@ def _sum_x2(x, o):
     return sumx2
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _signs_even(x, o, weight, xval, k):
     """Magnitudes of the 8 weights x[o + 8k ...] into xval[8k ...]; if an odd number is negative,
     the least important one (smallest weight*x^2) keeps its sign. Returns the 7 stored sign bits."""
@@ -106,7 +120,7 @@ def _signs_even(x, o, weight, xval, k):
     return s & 127
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _signs_all(x, o, xval, k):
     """Magnitudes of x[o + 8k ...] into xval; returns all 8 sign bits (IQ2_S, IQ3_S)."""
     s = 0
@@ -120,7 +134,7 @@ def _signs_all(x, o, xval, k):
     return s
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _group_max(xval, n):
     m = xval[0]
     for i in range(1, n):
@@ -129,68 +143,137 @@ def _group_max(xval, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _round_group(xval, o, n, id_, kmaxq, bits, L, lo):
-    """Levels nearest_int(0.5*(id*x - 1)) clamped to [0, kMaxQ-1] into L[lo ...]; returns the packed word u."""
+def _search_scratch(levels, kmap, kneighbors):
+    return _Search(np.empty(64, dtype=np.float32), np.empty(256, dtype=np.float32), np.empty(256, dtype=np.float32),
+                   np.zeros(32, dtype=np.int64), np.empty(8, dtype=np.bool_), np.empty(32, dtype=np.float32),
+                   levels, kmap, kneighbors)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _group8(xval, o, id_, scale, L, terms, levels, kmap, kneighbors, waux):
+    """One IQ2 group of 8: levels nearest_int(0.5*(id*x - 1)) clamped to [0, 2] into L[o ...];
+    off the grid, iq2_find_best_neighbour at `scale` replaces them. Returns whether u was on the grid."""
     u = 0
-    for i in range(n):
-        l = nearest_int(_HALF * (id_ * xval[o + i] - _ONE))
-        l = max(0, min(kmaxq - 1, l))
-        L[lo + i] = l
-        u |= l << (bits * i)
-    return u
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _best_neighbour(kneighbors, off, grid, levels, n, xval, xo, waux, scale, L, lo):
-    """iq2_find_best_neighbour / iq3_find_best_neighbour over the list at kneighbors[off]:
-    the first neighbour with the smallest sum of waux*(scale*q - x)^2; its levels go to L[lo ...]."""
-    num = kneighbors[off]
+    for i in range(8):
+        l = max(0, min(2, nearest_int(_HALF * (id_ * xval[o + i] - _ONE))))
+        L[o + i] = l
+        u |= l << (2 * i)
+    gi = kmap[u]
+    if gi >= 0:
+        return True
+    # a candidate's distance is the sum, in element order, of 8 of these 24 terms (see module doc)
+    for i in range(8):
+        w = waux[o + i]
+        xv = xval[o + i]
+        for l in range(3):
+            diff = scale * f32(2 * l + 1) - xv
+            terms[4 * i + l] = w * diff * diff
+    off = -gi - 1
     best_d2 = _FLT_MAX
-    grid_index = -1
-    for j in range(1, num + 1):
-        idx = kneighbors[off + j]
+    best = -1
+    for j in range(off + 1, off + 1 + kneighbors[off]):
+        idx = kneighbors[j]
         d2 = _ZERO
-        for i in range(n):
-            diff = scale * f32(grid[idx, i]) - xval[xo + i]
-            d2 += waux[xo + i] * diff * diff
-            if d2 >= best_d2:  # partial sums never decrease: cannot win (see module doc)
-                break
+        for i in range(8):
+            d2 += terms[4 * i + levels[idx, i]]
         if d2 < best_d2:
             best_d2 = d2
-            grid_index = idx
-    if grid_index < 0:  # only with NaN or overflowing weights; the C aborts here
-        grid_index = kneighbors[off + 1]
-    for i in range(n):
-        L[lo + i] = levels[grid_index, i]
-    return grid_index
+            best = idx
+    if best < 0:  # only with NaN or overflowing weights; the C aborts here
+        best = kneighbors[off + 1]
+    for i in range(8):
+        L[o + i] = levels[best, i]
+    return False
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _to_grid(xval, n_groups, n, id_, scale, kmaxq, bits, L, grid, levels, kmap, kneighbors, waux, on_grid):
-    """Round every group at 1/id and move each off-grid one to its best neighbour (at `scale`),
-    levels into L; on_grid[k] tells which groups were on the grid. The loop body of the scale fans."""
-    for k in range(n_groups):
-        u = _round_group(xval, n * k, n, id_, kmaxq, bits, L, n * k)
-        gi = kmap[u]
-        on_grid[k] = gi >= 0
-        if gi < 0:
-            _best_neighbour(kneighbors, -gi - 1, grid, levels, n, xval, n * k, waux, scale, L, n * k)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _group4(xval, o, id_, scale, L, terms, levels, kmap, kneighbors, waux):
+    """One IQ3 group of 4, levels clamped to [0, 7], iq3_find_best_neighbour off the grid; as _group8."""
+    u = 0
+    for i in range(4):
+        l = max(0, min(7, nearest_int(_HALF * (id_ * xval[o + i] - _ONE))))
+        L[o + i] = l
+        u |= l << (3 * i)
+    gi = kmap[u]
+    if gi >= 0:
+        return True
+    for i in range(4):
+        w = waux[o + i]
+        xv = xval[o + i]
+        for l in range(8):
+            diff = scale * f32(2 * l + 1) - xv
+            terms[8 * i + l] = w * diff * diff
+    off = -gi - 1
+    best_d2 = _FLT_MAX
+    best = -1
+    for j in range(off + 1, off + 1 + kneighbors[off]):
+        idx = kneighbors[j]
+        d2 = _ZERO
+        for i in range(4):
+            d2 += terms[8 * i + levels[idx, i]]
+        if d2 < best_d2:
+            best_d2 = d2
+            best = idx
+    if best < 0:
+        best = kneighbors[off + 1]
+    for i in range(4):
+        L[o + i] = levels[best, i]
+    return False
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _sums(weight, xval, L, m):
-    # sumqx, sumq2 with q = 2*l + 1, in float, in index order
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _group(k, xval, id_, scale, L, s):
+    """Group k of a sub-block (8 weights on IQ2 grids, 4 on IQ3 grids); s is the row's _Search."""
+    if s.levels.shape[1] == 8:
+        return _group8(xval, 8 * k, id_, scale, L, s.terms, s.levels, s.kmap, s.kneighbors, s.waux)
+    return _group4(xval, 4 * k, id_, scale, L, s.terms, s.levels, s.kmap, s.kneighbors, s.waux)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+def _sum_tables(weight, xval, m, s):
+    # the terms of sumqx (w*x*q) and sumq2 (w*q*q) for every element and level, q = 2l + 1, each
+    # evaluated left to right as the C does; a trial's sums then add m of them in the C's order
+    for i in range(m):
+        wx = weight[i] * xval[i]
+        for l in range(8):
+            q = f32(2 * l + 1)
+            s.wxq[8 * i + l] = wx * q
+            s.wq2[8 * i + l] = weight[i] * q * q
+
+
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+def _sums(L, m, s):
     sumqx = _ZERO
     sumq2 = _ZERO
     for i in range(m):
-        w = weight[i]
-        q = f32(2 * L[i] + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
+        sumqx += s.wxq[8 * i + L[i]]
+        sumq2 += s.wq2[8 * i + L[i]]
     return sumqx, sumq2
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+def _fan(is_lo, is_hi, step, kmaxq, den, scale, xval, m, L, on_grid, s):
+    """The scale fan all five share: for is in [is_lo, is_hi] try id = (2*kMaxQ - 1 + is*step)/den,
+    keep the first trial with the largest sumqx^2/sumq2. Returns the scale; fills L and on_grid."""
+    best = _ZERO
+    groups = m // s.levels.shape[1]
+    for is_ in range(is_lo, is_hi + 1):
+        id_ = (f32(2 * kmaxq - 1) + f32(is_) * step) / den
+        this_scale = _ONE / id_
+        for k in range(groups):
+            s.on_grid_aux[k] = _group(k, xval, id_, this_scale, s.Laux, s)
+        sumqx, sumq2 = _sums(s.Laux, m, s)
+        if sumq2 > _ZERO and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            for i in range(m):
+                L[i] = s.Laux[i]
+            for k in range(groups):
+                on_grid[k] = s.on_grid_aux[k]
+    return scale
+
+
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _grid_index(L, lo, n, bits, kmap):
     u = 0
     for i in range(n):
@@ -199,7 +282,7 @@ def _grid_index(L, lo, n, bits, kmap):
     return gi if gi >= 0 else np.int64(0)  # off the grid the C aborts ("Oops: found point ... not on grid")
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _make_qp_quants(n, nmax, x, L, quant_weights):
     """make_qp_quants, as IQ2_XXS calls it: x may hold one negative value per 8, so levels can be
     negative; L is the C's uint8_t array (a negative level wraps) while the sums use the int level."""
@@ -262,7 +345,7 @@ def _make_qp_quants(n, nmax, x, L, quant_weights):
     return sumlx / suml2 if suml2 > _ZERO else _ZERO
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _scale_nibble(id_, scale):
     l = np.int64(nearest_int(_HALF * (id_ * scale - _ONE)))
     return max(np.int64(0), min(np.int64(15), l))
@@ -273,19 +356,18 @@ def _scale_nibble(id_, scale):
 # IQ2_XXS: 256 weights per 66-byte block (d: fp16; qs: 8 x (4 grid bytes, uint32 of 4x7 sign bits + 4-bit scale));
 # mirrors quantize_row_iq2_xxs_impl.
 @njit(cache=True, nogil=True, error_model="numpy")
-def _iq2_xxs_row(x, qw, y, grid, levels, kmap, kneighbors):
+def _iq2_xxs_row(x, qw, y, levels, kmap, kneighbors):
     kMaxQ = 3
     nbl = x.size // QK_K
     scales = np.empty(QK_K // 32, dtype=np.float32)
     weight = np.empty(32, dtype=np.float32)
     xval = np.empty(32, dtype=np.float32)
-    waux = np.empty(32, dtype=np.float32)
     L = np.zeros(32, dtype=np.int64)
-    Laux = np.zeros(32, dtype=np.int64)
     Lqp = np.zeros(32, dtype=np.int64)
     on_grid = np.empty(4, dtype=np.bool_)
     block_signs = np.empty(4, dtype=np.int64)
     q2 = np.empty(2 * (QK_K // 32), dtype=np.int64)
+    s = _search_scratch(levels, kmap, kneighbors)
     for ibl in range(nbl):
         yo = 66 * ibl
         xo = QK_K * ibl
@@ -297,7 +379,7 @@ def _iq2_xxs_row(x, qw, y, grid, levels, kmap, kneighbors):
             for i in range(32):
                 weight[i] = qw[o + i] * np.sqrt(sigma2 + x[o + i] * x[o + i])
             for i in range(32):
-                waux[i] = np.sqrt(weight[i])
+                s.waux[i] = np.sqrt(weight[i])
             for k in range(4):
                 block_signs[k] = _signs_even(x, o, weight, xval, k)
             if _group_max(xval, 32) < GROUP_MAX_EPS:
@@ -310,20 +392,14 @@ def _iq2_xxs_row(x, qw, y, grid, levels, kmap, kneighbors):
             if eff_max <= _ZERO:
                 scales[ib] = _ZERO
                 continue
-            best = _ZERO
-            for is_ in range(-6, 7):
-                id_ = (f32(2 * kMaxQ - 1) + f32(is_) * _TENTH) / eff_max
-                this_scale = _ONE / id_
-                _to_grid(xval, 4, 8, id_, this_scale, kMaxQ, 2, Laux, grid, levels, kmap, kneighbors, waux, on_grid)
-                sumqx, sumq2 = _sums(weight, xval, Laux, 32)
-                if sumq2 > _ZERO and sumqx * sumqx > best * sumq2:
-                    scale = sumqx / sumq2
-                    best = scale * sumqx
-                    L[:] = Laux
+            _sum_tables(weight, xval, 32, s)
+            scale = _fan(-6, 6, _TENTH, kMaxQ, eff_max, scale, xval, 32, L, on_grid, s)
             if scale > _ZERO:
-                # every group again, at the chosen scale (on-grid ones simply keep their levels)
-                _to_grid(xval, 4, 8, _ONE / scale, scale, kMaxQ, 2, L, grid, levels, kmap, kneighbors, waux, on_grid)
-                sumqx, sumq2 = _sums(weight, xval, L, 32)
+                # every group again at the chosen scale (an on-grid group keeps its levels)
+                id_ = _ONE / scale
+                for k in range(4):
+                    _group(k, xval, id_, scale, L, s)
+                sumqx, sumq2 = _sums(L, 32, s)
                 if sumq2 > _ZERO:
                     scale = sumqx / sumq2
             if scale < _ZERO:
@@ -350,11 +426,11 @@ def _iq2_xxs_row(x, qw, y, grid, levels, kmap, kneighbors):
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _iq2_xxs_rows(x, qw, grid, levels, kmap, kneighbors):
+def _iq2_xxs_rows(x, qw, levels, kmap, kneighbors):
     nrows, n = x.shape
     y = np.empty((nrows, n // QK_K * 66), dtype=np.uint8)
     for r in prange(nrows):
-        _iq2_xxs_row(x[r], qw, y[r], grid, levels, kmap, kneighbors)
+        _iq2_xxs_row(x[r], qw, y[r], levels, kmap, kneighbors)
     return y
 
 
@@ -365,19 +441,17 @@ def _iq2_xxs_rows(x, qw, grid, levels, kmap, kneighbors):
 # IQ2_S: 256 weights per 82-byte block (d: fp16; qs: 32 grid low bytes + 32 sign bytes; qh: 8 bytes of
 # 2-bit grid high parts; scales: 8); mirrors quantize_row_iq2_s_impl. The two share the search.
 @njit(cache=True, nogil=True, error_model="numpy")
-def _iq2_xs_s_row(x, qw, has_qw, is_s, y, grid, levels, kmap, kneighbors):
+def _iq2_xs_s_row(x, qw, has_qw, is_s, y, levels, kmap, kneighbors):
     kMaxQ = 3
     bs = 82 if is_s else 74
     nbl = x.size // QK_K
     scales = np.empty(QK_K // 16, dtype=np.float32)
     weight = np.empty(16, dtype=np.float32)
     xval = np.empty(16, dtype=np.float32)
-    waux = np.empty(16, dtype=np.float32)
     L = np.zeros(16, dtype=np.int64)
-    Laux = np.zeros(16, dtype=np.int64)
     on_grid = np.empty(2, dtype=np.bool_)
-    on_grid_aux = np.empty(2, dtype=np.bool_)
     block_signs = np.empty(2, dtype=np.int64)
+    s = _search_scratch(levels, kmap, kneighbors)
     eps = GROUP_MAX_EPS_IQ2_S if is_s else GROUP_MAX_EPS
     for ibl in range(nbl):
         yo = bs * ibl
@@ -396,7 +470,7 @@ def _iq2_xs_s_row(x, qw, has_qw, is_s, y, grid, levels, kmap, kneighbors):
                 for i in range(16):
                     weight[i] = _QUARTER * sigma2 + x[o + i] * x[o + i]
             for i in range(16):
-                waux[i] = np.sqrt(weight[i])
+                s.waux[i] = np.sqrt(weight[i])
             for k in range(2):
                 block_signs[k] = _signs_all(x, o, xval, k) if is_s else _signs_even(x, o, weight, xval, k)
             max_ = _group_max(xval, 16)
@@ -404,30 +478,15 @@ def _iq2_xs_s_row(x, qw, has_qw, is_s, y, grid, levels, kmap, kneighbors):
             if max_ < eps:
                 scales[ib] = _ZERO
                 continue
-            best = _ZERO
-            scale = max_ / f32(2 * kMaxQ - 1)
-            on_grid[0] = True
-            on_grid[1] = True
-            for is_ in range(-9, 10):
-                id_ = (f32(2 * kMaxQ - 1) + f32(is_) * _TENTH) / max_
-                this_scale = _ONE / id_
-                _to_grid(xval, 2, 8, id_, this_scale, kMaxQ, 2, Laux, grid, levels, kmap, kneighbors, waux, on_grid_aux)
-                sumqx, sumq2 = _sums(weight, xval, Laux, 16)
-                if sumq2 > _ZERO and sumqx * sumqx > best * sumq2:
-                    scale = sumqx / sumq2
-                    best = scale * sumqx
-                    L[:] = Laux
-                    on_grid[:] = on_grid_aux
+            _sum_tables(weight, xval, 16, s)
+            on_grid[:] = True
+            scale = _fan(-9, 9, _TENTH, kMaxQ, max_, max_ / f32(2 * kMaxQ - 1), xval, 16, L, on_grid, s)
             if not (on_grid[0] and on_grid[1]) and scale > _ZERO:
                 id_ = _ONE / scale
                 for k in range(2):
-                    if on_grid[k]:
-                        continue
-                    u = _round_group(xval, 8 * k, 8, id_, kMaxQ, 2, L, 8 * k)
-                    gi = kmap[u]
-                    if gi < 0:
-                        _best_neighbour(kneighbors, -gi - 1, grid, levels, 8, xval, 8 * k, waux, scale, L, 8 * k)
-                sumqx, sumq2 = _sums(weight, xval, L, 16)
+                    if not on_grid[k]:
+                        _group(k, xval, id_, scale, L, s)
+                sumqx, sumq2 = _sums(L, 16, s)
                 if sumq2 > _ZERO:
                     scale = sumqx / sumq2
             if scale < _ZERO:
@@ -465,38 +524,41 @@ def _iq2_xs_s_row(x, qw, has_qw, is_s, y, grid, levels, kmap, kneighbors):
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _iq2_xs_s_rows(x, qw, has_qw, is_s, grid, levels, kmap, kneighbors):
+def _iq2_xs_s_rows(x, qw, has_qw, is_s, levels, kmap, kneighbors):
     nrows, n = x.shape
     y = np.empty((nrows, n // QK_K * (82 if is_s else 74)), dtype=np.uint8)
     for r in prange(nrows):
-        _iq2_xs_s_row(x[r], qw, has_qw, is_s, y[r], grid, levels, kmap, kneighbors)
+        _iq2_xs_s_row(x[r], qw, has_qw, is_s, y[r], levels, kmap, kneighbors)
     return y
 
 
-# ---------------------------------------------------------------- IQ3_XXS
+# ---------------------------------------------------------------- IQ3_XXS and IQ3_S (32-weight sub-blocks)
 
 # IQ3_XXS: 256 weights per 98-byte block (d: fp16; qs: 64 grid bytes, then 8 x uint32 of 4x7 sign bits
 # + 4-bit scale); mirrors quantize_row_iq3_xxs_impl (grid_size 256).
+# IQ3_S: 256 weights per 110-byte block (d: fp16; qs: 64 grid low bytes; qh: 8 bytes of grid high bits;
+# signs: 32; scales: 4 bytes, two 4-bit scales each); mirrors quantize_row_iq3_s_impl (block_size 32).
 @njit(cache=True, nogil=True, error_model="numpy")
-def _iq3_xxs_row(x, qw, has_qw, y, grid, levels, kmap, kneighbors):
+def _iq3_row(x, qw, has_qw, is_s, y, levels, kmap, kneighbors):
     kMaxQ = 8
+    bs = 110 if is_s else 98
     nbl = x.size // QK_K
     scales = np.empty(QK_K // 32, dtype=np.float32)
     weight = np.empty(32, dtype=np.float32)
     xval = np.empty(32, dtype=np.float32)
-    waux = np.empty(32, dtype=np.float32)
     L = np.zeros(32, dtype=np.int64)
-    Laux = np.zeros(32, dtype=np.int64)
     on_grid = np.empty(8, dtype=np.bool_)
-    on_grid_aux = np.empty(8, dtype=np.bool_)
     block_signs = np.empty(4, dtype=np.int64)
-    sas = np.empty(QK_K // 32, dtype=np.int64)  # scales_and_signs
+    sas = np.empty(QK_K // 32, dtype=np.int64)  # IQ3_XXS scales_and_signs
+    s = _search_scratch(levels, kmap, kneighbors)
     for ibl in range(nbl):
-        yo = 98 * ibl
+        yo = bs * ibl
         xo = QK_K * ibl
-        for j in range(98):
+        for j in range(bs):
             y[yo + j] = 0
         sas[:] = 0
+        qs = yo + 2   # IQ3_S: the C advances its qs and signs pointers only past sub-blocks it
+        sg = yo + 74  # quantizes, so a sub-block skipped as all zero leaves its slot to the next one
         max_scale = _ZERO
         sigma2 = f32(2) * _sum_x2(x, xo) / f32(QK_K)
         for ib in range(QK_K // 32):
@@ -508,27 +570,18 @@ def _iq3_xxs_row(x, qw, has_qw, y, grid, levels, kmap, kneighbors):
                 for i in range(32):
                     weight[i] = x[o + i] * x[o + i]
             for i in range(32):
-                waux[i] = np.sqrt(weight[i])
+                s.waux[i] = np.sqrt(weight[i])
             for k in range(4):
-                block_signs[k] = _signs_even(x, o, weight, xval, k)
+                block_signs[k] = _signs_all(x, o, xval, k) if is_s else _signs_even(x, o, weight, xval, k)
             max_ = _group_max(xval, 32)
             L[:] = 0
-            if max_ < GROUP_MAX_EPS_IQ3_XXS:
+            if (max_ == _ZERO) if is_s else (max_ < GROUP_MAX_EPS_IQ3_XXS):
                 scales[ib] = _ZERO
                 continue
-            best = _ZERO
-            scale = max_ / f32(2 * kMaxQ - 1)
-            on_grid[:] = True
-            for is_ in range(-15, 16):
-                id_ = (f32(2 * kMaxQ - 1) + f32(is_) * _FIFTH) / max_
-                this_scale = _ONE / id_
-                _to_grid(xval, 8, 4, id_, this_scale, kMaxQ, 3, Laux, grid, levels, kmap, kneighbors, waux, on_grid_aux)
-                sumqx, sumq2 = _sums(weight, xval, Laux, 32)
-                if sumq2 > _ZERO and sumqx * sumqx > best * sumq2:
-                    scale = sumqx / sumq2
-                    best = scale * sumqx
-                    L[:] = Laux
-                    on_grid[:] = on_grid_aux
+            _sum_tables(weight, xval, 32, s)
+            on_grid[:] = not is_s  # IQ3_S starts from "off the grid": its final pass runs unless a trial won
+            scale = _fan(-9 if is_s else -15, 9 if is_s else 15, _FIFTH, kMaxQ, max_,
+                         max_ / f32(2 * kMaxQ - 1), xval, 32, L, on_grid, s)
             n_not_ongrid = 0
             for k in range(8):
                 if not on_grid[k]:
@@ -536,139 +589,53 @@ def _iq3_xxs_row(x, qw, has_qw, y, grid, levels, kmap, kneighbors):
             if n_not_ongrid > 0 and scale > _ZERO:
                 id_ = _ONE / scale
                 for k in range(8):
-                    if on_grid[k]:
-                        continue
-                    u = _round_group(xval, 4 * k, 4, id_, kMaxQ, 3, L, 4 * k)
-                    gi = kmap[u]
-                    if gi < 0:
-                        _best_neighbour(kneighbors, -gi - 1, grid, levels, 4, xval, 4 * k, waux, scale, L, 4 * k)
-                sumqx, sumq2 = _sums(weight, xval, L, 32)
+                    if is_s or not on_grid[k]:  # IQ3_S redoes every group (the C's `continue` is commented out)
+                        _group(k, xval, id_, scale, L, s)
+                sumqx, sumq2 = _sums(L, 32, s)
                 if sumq2 > _ZERO:
                     scale = sumqx / sumq2
             if scale < _ZERO:
                 scale = -scale
                 for k in range(4):
-                    block_signs[k] = (~block_signs[k]) & 127
-            for k in range(8):
-                y[yo + 2 + 8 * ib + k] = _grid_index(L, 4 * k, 4, 3, kmap)
-            sas[ib] = block_signs[0] | (block_signs[1] << 7) | (block_signs[2] << 14) | (block_signs[3] << 21)
-            scales[ib] = scale
-            max_scale = max_scale if max_scale > scale else scale
-        if max_scale == _ZERO:
-            for j in range(98):
-                y[yo + j] = 0
-            continue
-        d = max_scale / f32(31)
-        _put_fp16(y, yo, d * _D_IQ3_XXS)
-        id_ = _ONE / d
-        for ib in range(QK_K // 32):
-            _put_u32(y, yo + 2 + QK_K // 4 + 4 * ib, sas[ib] | (_scale_nibble(id_, scales[ib]) << 28))
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _iq3_xxs_rows(x, qw, has_qw, grid, levels, kmap, kneighbors):
-    nrows, n = x.shape
-    y = np.empty((nrows, n // QK_K * 98), dtype=np.uint8)
-    for r in prange(nrows):
-        _iq3_xxs_row(x[r], qw, has_qw, y[r], grid, levels, kmap, kneighbors)
-    return y
-
-
-# ---------------------------------------------------------------- IQ3_S
-
-# IQ3_S: 256 weights per 110-byte block (d: fp16; qs: 64 grid low bytes; qh: 8 bytes of grid high bits;
-# signs: 32; scales: 4 bytes, two 4-bit scales each); mirrors quantize_row_iq3_s_impl (block_size 32).
-@njit(cache=True, nogil=True, error_model="numpy")
-def _iq3_s_row(x, qw, has_qw, y, grid, levels, kmap, kneighbors):
-    kMaxQ = 8
-    nbl = x.size // QK_K
-    scales = np.empty(QK_K // 32, dtype=np.float32)
-    weight = np.empty(32, dtype=np.float32)
-    xval = np.empty(32, dtype=np.float32)
-    waux = np.empty(32, dtype=np.float32)
-    L = np.zeros(32, dtype=np.int64)
-    Laux = np.zeros(32, dtype=np.int64)
-    on_grid = np.empty(8, dtype=np.bool_)
-    on_grid_aux = np.empty(8, dtype=np.bool_)
-    block_signs = np.empty(4, dtype=np.int64)
-    for ibl in range(nbl):
-        yo = 110 * ibl
-        xo = QK_K * ibl
-        for j in range(110):
-            y[yo + j] = 0
-        qs = yo + 2   # the C advances its qs and signs pointers only past sub-blocks it quantizes,
-        sg = yo + 74  # so a sub-block skipped as all zero leaves its slot to the next one
-        max_scale = _ZERO
-        sigma2 = f32(2) * _sum_x2(x, xo) / f32(QK_K)
-        for ib in range(QK_K // 32):
-            o = xo + 32 * ib
-            if has_qw:
-                for i in range(32):
-                    weight[i] = qw[o + i] * np.sqrt(sigma2 + x[o + i] * x[o + i])
+                    block_signs[k] = (~block_signs[k]) & (0xFF if is_s else 127)
+            if is_s:
+                for k in range(8):
+                    gi = _grid_index(L, 4 * k, 4, 3, kmap)
+                    y[qs + k] = gi & 255
+                    y[yo + 66 + ib] |= (gi >> 8) << k
+                qs += 8
+                for k in range(4):
+                    y[sg + k] = block_signs[k]
+                sg += 4
             else:
-                for i in range(32):
-                    weight[i] = x[o + i] * x[o + i]
-            for i in range(32):
-                waux[i] = np.sqrt(weight[i])
-            for k in range(4):
-                block_signs[k] = _signs_all(x, o, xval, k)
-            max_ = _group_max(xval, 32)
-            L[:] = 0
-            if max_ == _ZERO:
-                scales[ib] = _ZERO
-                continue
-            best = _ZERO
-            scale = max_ / f32(2 * kMaxQ - 1)
-            on_grid[:] = False
-            for is_ in range(-9, 10):
-                id_ = (f32(2 * kMaxQ - 1) + f32(is_) * _FIFTH) / max_
-                this_scale = _ONE / id_
-                _to_grid(xval, 8, 4, id_, this_scale, kMaxQ, 3, Laux, grid, levels, kmap, kneighbors, waux, on_grid_aux)
-                sumqx, sumq2 = _sums(weight, xval, Laux, 32)
-                if sumq2 > _ZERO and sumqx * sumqx > best * sumq2:
-                    scale = sumqx / sumq2
-                    best = scale * sumqx
-                    L[:] = Laux
-                    on_grid[:] = on_grid_aux
-            n_not_ongrid = 0
-            for k in range(8):
-                if not on_grid[k]:
-                    n_not_ongrid += 1
-            if n_not_ongrid > 0 and scale > _ZERO:
-                # unlike IQ3_XXS, every group is redone (the C's `continue` is commented out)
-                _to_grid(xval, 8, 4, _ONE / scale, scale, kMaxQ, 3, L, grid, levels, kmap, kneighbors, waux, on_grid_aux)
-                sumqx, sumq2 = _sums(weight, xval, L, 32)
-                if sumq2 > _ZERO:
-                    scale = sumqx / sumq2
-            if scale < _ZERO:
-                scale = -scale
-                for k in range(4):
-                    block_signs[k] = (~block_signs[k]) & 0xFF
-            for k in range(8):
-                gi = _grid_index(L, 4 * k, 4, 3, kmap)
-                y[qs + k] = gi & 255
-                y[yo + 66 + ib] |= (gi >> 8) << k
-            qs += 8
-            for k in range(4):
-                y[sg + k] = block_signs[k]
-            sg += 4
+                for k in range(8):
+                    y[yo + 2 + 8 * ib + k] = _grid_index(L, 4 * k, 4, 3, kmap)
+                sas[ib] = block_signs[0] | (block_signs[1] << 7) | (block_signs[2] << 14) | (block_signs[3] << 21)
             scales[ib] = scale
             max_scale = max_scale if max_scale > scale else scale
         if max_scale == _ZERO:
+            if not is_s:  # IQ3_XXS clears its quants; IQ3_S keeps what it wrote in place
+                for j in range(bs):
+                    y[yo + j] = 0
             continue
         d = max_scale / f32(31)
-        _put_fp16(y, yo, d * _D_IQ3_S)
         id_ = _ONE / d
-        for ib in range(0, QK_K // 32, 2):
-            y[yo + 106 + ib // 2] = _scale_nibble(id_, scales[ib]) | (_scale_nibble(id_, scales[ib + 1]) << 4)
+        if is_s:
+            _put_fp16(y, yo, d * _D_IQ3_S)
+            for ib in range(0, QK_K // 32, 2):
+                y[yo + 106 + ib // 2] = _scale_nibble(id_, scales[ib]) | (_scale_nibble(id_, scales[ib + 1]) << 4)
+        else:
+            _put_fp16(y, yo, d * _D_IQ3_XXS)
+            for ib in range(QK_K // 32):
+                _put_u32(y, yo + 2 + QK_K // 4 + 4 * ib, sas[ib] | (_scale_nibble(id_, scales[ib]) << 28))
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _iq3_s_rows(x, qw, has_qw, grid, levels, kmap, kneighbors):
+def _iq3_rows(x, qw, has_qw, is_s, levels, kmap, kneighbors):
     nrows, n = x.shape
-    y = np.empty((nrows, n // QK_K * 110), dtype=np.uint8)
+    y = np.empty((nrows, n // QK_K * (110 if is_s else 98)), dtype=np.uint8)
     for r in prange(nrows):
-        _iq3_s_row(x[r], qw, has_qw, y[r], grid, levels, kmap, kneighbors)
+        _iq3_row(x[r], qw, has_qw, is_s, y[r], levels, kmap, kneighbors)
     return y
 
 
@@ -788,7 +755,7 @@ _KSIGNS = _ksigns_table()
 
 def _tables(qtype):
     t = tables(qtype)
-    return t.grid, t.levels, t.kmap, t.kneighbors
+    return t.levels, t.kmap, t.kneighbors
 
 
 def _needs(qtype, imatrix):
@@ -812,12 +779,12 @@ def quantize_iq2_s(x, imatrix=None):
 
 def quantize_iq3_xxs(x, imatrix=None):
     has = imatrix is not None
-    return _iq3_xxs_rows(x, imatrix if has else _NO_WEIGHTS, has, *_tables(T.IQ3_XXS))
+    return _iq3_rows(x, imatrix if has else _NO_WEIGHTS, has, False, *_tables(T.IQ3_XXS))
 
 
 def quantize_iq3_s(x, imatrix=None):
     has = imatrix is not None
-    return _iq3_s_rows(x, imatrix if has else _NO_WEIGHTS, has, *_tables(T.IQ3_S))
+    return _iq3_rows(x, imatrix if has else _NO_WEIGHTS, has, True, *_tables(T.IQ3_S))
 
 
 def _dequantizer(qtype, kind):

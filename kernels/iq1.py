@@ -46,8 +46,8 @@ def iq1_tables():
 
 @njit(cache=True, nogil=True)
 def _stable_sort(xs, idx, n):
-    # glibc qsort on these small arrays is a merge sort, so equal values keep their order: any stable
-    # sort on the float key gives the same permutation (iq1_sort_helper compares the value only).
+    # glibc's qsort (2.36 here) sorts these small arrays with a merge sort, so equal values keep their
+    # order: any stable sort on the float key gives its permutation (iq1_sort_helper compares values only).
     for j in range(1, n):
         v = xs[j]
         t = idx[j]
@@ -84,8 +84,9 @@ def _find_best_neighbour2(neighbours, start, grid_l, x, xo, weight, wo, scale, x
             best_score = d2
             grid_index = g
     if grid_index < 0:
-        # The C fallback scans the whole grid but reads xval[i] with i the grid index, i.e. input
-        # beyond the group; we read the same input where it exists (x is the whole chunk).
+        # Only reached when every neighbour's d2 is inf/NaN. The C fallback scans the whole grid but
+        # reads xval[i] with i the grid index, i.e. input beyond the group: we read the same input
+        # where it exists (x is the whole chunk) and treat memory past it as NaN (never chosen).
         for i in range(grid_l.shape[0]):
             d2 = F0
             for j in range(8):

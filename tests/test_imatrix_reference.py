@@ -139,3 +139,28 @@ def test_token_ids_for_the_bpe_llama(bpe_llama):
     text = (DATA / "calibration-en.txt").read_text(encoding="utf-8")[:-1]
     ref = Llama(model_path=str(bpe_llama), vocab_only=True, verbose=False)
     assert tokenizer_from_gguf(bpe_llama).encode(text) == ref.tokenize(text.encode(), add_bos=True, special=False)
+
+
+# --- the same collection through llama-cpp-python's libllama (no binary needed) -------------------
+
+def _ctypes_ref():
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install llama-cpp-python): no reference library")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import llama_imatrix_ctypes
+
+    return llama_imatrix_ctypes
+
+
+@pytest.mark.parametrize("which", ["stories260K", "bpe-llama"])
+def test_parity_through_libllama(tmp_path, which, request):
+    ref = _ctypes_ref()
+    model = STORIES if which == "stories260K" else request.getfixturevalue("bpe_llama")
+    text_path = DATA / "calibration-en.txt"
+    text = text_path.read_text(encoding="utf-8")[:-1]
+    stats, theirs_ppl = ref.collect(model, text, chunks=3, process_output=True)
+    ref.save(stats, tmp_path / "theirs.gguf", str(text_path), 512)
+    result = compute_imatrix(model, ImatrixOptions(text_file=text_path, output=tmp_path / "ours.gguf", chunks=3,
+                                                   process_output=True))
+    worst = compare(tmp_path / "ours.gguf", tmp_path / "theirs.gguf", result.chunk_ppl, theirs_ppl)
+    assert worst < 1e-4

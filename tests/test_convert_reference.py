@@ -131,3 +131,30 @@ def test_file_identical_full(ggml, tmp_path, models, model, name, with_imatrix):
     elif name.startswith(("IQ1", "IQ2_XXS", "IQ2_XS")):
         pytest.skip(f"{name} requires an imatrix")
     check(ggml, tmp_path, models[model], name, imatrix)
+
+
+PURE_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q4_K_S", "Q5_K_S", "Q6_K"]
+
+
+@pytest.mark.parametrize("name", ["Q4_1", "Q3_K_S", "Q5_K_S"])
+def test_pure_identical(ggml, tmp_path, models, name):
+    check(ggml, tmp_path, models["llama-f32"], name, pure=True)
+
+
+@pytest.mark.parametrize("name", ["Q5_0", "Q2_K"])
+def test_pure_identical_with_imatrix(ggml, tmp_path, models, name):
+    with open_source(models["llama-f32"]) as s:
+        imatrix = random_imatrix(s, 5)
+    check(ggml, tmp_path, models["llama-f32"], name, imatrix, pure=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("name", PURE_TYPES)
+@pytest.mark.parametrize("model", ["stories260K", "llama-f32"])
+def test_pure_identical_full(ggml, tmp_path, models, model, name, with_imatrix):
+    imatrix = None
+    if with_imatrix:
+        with open_source(models[model]) as s:
+            imatrix = random_imatrix(s, 13)
+    check(ggml, tmp_path, models[model], name, imatrix, pure=True)

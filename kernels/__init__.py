@@ -105,6 +105,8 @@ def quantize(rows: np.ndarray, qtype: GGMLQuantizationType, imatrix: np.ndarray 
     kernel = get(qtype)
     if kernel.quantize is None:
         raise KernelMissing(f"no quantizer for {kernel.name} yet")
+    if imatrix is None and kernel.needs_imatrix:
+        raise ValueError(f"{kernel.name} needs an importance matrix (llama.cpp refuses to quantize it without one)")
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     if rows.ndim == 1:
         rows = rows.reshape(1, -1)

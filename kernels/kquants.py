@@ -730,9 +730,9 @@ def _q8_k_row(x, y):
                 s += _s8(y[o + 4 + 16 * j + ii])
             y[o + 260 + 2 * j] = s & 0xFF
             y[o + 261 + 2 * j] = (s >> 8) & 0xFF
-        d = np.array([_ONE / iscale], dtype=np.float32).view(np.uint8)
+        bits = np.int64(np.float32(_ONE / iscale).view(np.uint32))
         for k in range(4):
-            y[o + k] = d[k]
+            y[o + k] = (bits >> (8 * k)) & 0xFF
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -748,7 +748,8 @@ def _q8_k_rows(x):
 def _q8_k_dequantize_row(b, y):
     for i in range(y.shape[0] // QK_K):
         o = i * Q8_K_BYTES
-        d = b[o:o + 4].copy().view(np.float32)[0]
+        bits = np.int64(b[o]) | (np.int64(b[o + 1]) << 8) | (np.int64(b[o + 2]) << 16) | (np.int64(b[o + 3]) << 24)
+        d = np.uint32(bits).view(np.float32)
         for j in range(QK_K):
             y[i * QK_K + j] = d * f32(_s8(b[o + 4 + j]))
 

@@ -280,7 +280,7 @@ def imatrix(
     in_file: List[str] = typer.Option([], "--in-file", metavar="FNAME", help="Existing imatrix to merge (repeatable or comma-separated)."),
     show_stats: bool = typer.Option(False, "--show-statistics", help="Print statistics of one --in-file and exit."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", metavar="N", help="Threads for the matrix products (default: all cores)."),
-    kv_f16: bool = typer.Option(False, "--kv-f16", help="Round K, V (and Q, attention weights) to f16 as llama.cpp's default F16 KV cache does."),
+    kv_f16: bool = typer.Option(False, "--kv-f16", help="Round K and V to f16 as llama.cpp's default F16 KV cache does (compare with a default llama-imatrix run)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
     try:

@@ -197,7 +197,7 @@ class Model:
         self.weight_budget = weight_budget
         self._cache: dict[str, np.ndarray] = {}
         self._cached_bytes = 0
-        self.kv_f16 = False  # mimic llama.cpp's default F16 KV cache (see imatrix --kv-f16)
+        self.kv_f16 = False  # mimic llama.cpp's default F16 KV cache + flash attention (imatrix --kv-f16)
 
     def _require(self, name: str) -> None:
         if name not in self.tensors:
@@ -260,8 +260,11 @@ class Model:
             q = apply_rope(q.reshape(T, n_head, hd), cos, sin, cfg.n_rot, cfg.rope_type)  # (T, n_head, hd)
             k = apply_rope(k.reshape(T, n_kv, hd), cos, sin, cfg.n_rot, cfg.rope_type)    # (T, n_kv, hd)
             v = v.reshape(T, n_kv, hd)
-            if self.kv_f16:  # F16 cache: K, V stored as f16; Q is converted to f16 for the K dot
-                q, k, v = _f16_round(q), _f16_round(k), _f16_round(v)
+            if self.kv_f16:
+                # llama.cpp's default: F16 K/V cache read by its tiled flash attention, which
+                # widens K and V back to f32 and keeps Q and all sums in f32 (ops.cpp
+                # ggml_compute_forward_flash_attn_ext_tiled): only K and V lose precision.
+                k, v = _f16_round(k), _f16_round(v)
             attn = self._attention(q, k, v, kq_scale, group)  # (T, n_head*hd)
             x = x + self._matmul(attn, p + "attn_output", observe)
 
@@ -305,10 +308,7 @@ class Model:
                 scores -= scores.max(axis=-1, keepdims=True)
                 np.exp(scores, out=scores)
                 total = scores.sum(axis=-1, keepdims=True)  # (group, B, 1)
-                if self.kv_f16:  # the V matmul converts the normalized probabilities to f16
-                    out[j, :, r0:r1] = _f16_round(scores / total) @ v[j, :r1]
-                else:
-                    out[j, :, r0:r1] = (scores @ v[j, :r1]) / total
+                out[j, :, r0:r1] = (scores @ v[j, :r1]) / total
         # head h = j * group + g, as ggml broadcasts K/V over query heads
         return np.ascontiguousarray(out.reshape(n_head, T, hd).transpose(1, 0, 2)).reshape(T, n_head * hd)
 

@@ -10,7 +10,7 @@
   first 2 chunks of 512 tokens of the calibration text (-ctk f32 -ctv f32 -fa off) and its
   per-chunk perplexities. Needs the llama-imatrix binary (scripts/build_llama_cpp.sh).
 
-    python scripts/make_imatrix_golden.py [tokens] [logits] [imatrix]
+    python scripts/make_imatrix_golden.py [tokens] [logits] [imatrix | imatrix-ctypes]
 """
 
 from __future__ import annotations
@@ -113,12 +113,27 @@ def make_imatrix() -> None:
         finally:
             os.chdir(cwd)
         shutil.copy(out, GOLDEN / "stories260K-imatrix.gguf")
-    (GOLDEN / "stories260K-imatrix.json").write_text(json.dumps({"chunks": 2, "ctx": 512, "ppl": ppl}) + "\n")
+    (GOLDEN / "stories260K-imatrix.json").write_text(
+        json.dumps({"chunks": 2, "ctx": 512, "ppl": ppl, "source": "llama-imatrix"}) + "\n")
     print(f"wrote tests/golden/stories260K-imatrix.gguf, per-chunk ppl {ppl}")
+
+
+def make_imatrix_ctypes() -> None:
+    """The same file through libllama's eval callback (scripts/llama_imatrix_ctypes.py), for when the
+    llama-imatrix binary is not built; the .json records which one made the file."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import llama_imatrix_ctypes as ref
+
+    stats, ppl = ref.collect(STORIES, calibration_text(), n_ctx=512, chunks=2)
+    ref.save(stats, GOLDEN / "stories260K-imatrix.gguf", CALIBRATION.name, 512)
+    (GOLDEN / "stories260K-imatrix.json").write_text(json.dumps(
+        {"chunks": 2, "ctx": 512, "ppl": [round(p, 4) for p in ppl], "source": "libllama eval callback"}) + "\n")
+    print(f"wrote tests/golden/stories260K-imatrix.gguf (libllama callback), per-chunk ppl {ppl}")
 
 
 if __name__ == "__main__":
     what = sys.argv[1:] or ["tokens", "logits", "imatrix"]
     GOLDEN.mkdir(exist_ok=True)
     for w in what:
-        {"tokens": make_tokens, "logits": make_logits, "imatrix": make_imatrix}[w]()
+        {"tokens": make_tokens, "logits": make_logits, "imatrix": make_imatrix,
+         "imatrix-ctypes": make_imatrix_ctypes}[w]()

@@ -133,6 +133,26 @@ def test_dat_layout(tmp_path):
     assert raw == want
 
 
+def test_gguf_layout(tmp_path):
+    """gguf_write_to_file's layout, by hand: header, 4 KV pairs, tensor infos (ggml_n_dims: trailing
+    1s dropped), data aligned to 32 bytes with padding after every tensor."""
+    c = collector_with({"blk.0.attn_q.weight": np.array([16.0, 64.0], np.float32)}, 16, chunk_size=16, prompt="x")
+
+    def s(text):
+        return struct.pack("<Q", len(text)) + text.encode()
+
+    want = b"GGUF" + struct.pack("<IQQ", 3, 2, 4)
+    want += s("general.type") + struct.pack("<I", 8) + s("imatrix")
+    want += s("imatrix.datasets") + struct.pack("<IIQ", 9, 8, 1) + s("x")
+    want += s("imatrix.chunk_count") + struct.pack("<II", 4, 1)
+    want += s("imatrix.chunk_size") + struct.pack("<II", 4, 16)
+    want += s("blk.0.attn_q.weight.in_sum2") + struct.pack("<IQIQ", 1, 2, 0, 0)
+    want += s("blk.0.attn_q.weight.counts") + struct.pack("<IQIQ", 1, 1, 0, 32)
+    want += b"\0" * (-len(want) % 32)
+    want += struct.pack("<2f", 16.0, 64.0) + b"\0" * 24 + struct.pack("<f", 16.0) + b"\0" * 28
+    assert save_imatrix(tmp_path / "m.gguf", c).read_bytes() == want
+
+
 def test_merge_adds_up(tmp_path):
     a = collector_with({"blk.0.attn_q.weight": np.full(4, 2.0, np.float32)}, 512)
     b = collector_with({"blk.0.attn_q.weight": np.full(4, 6.0, np.float32)}, 1024)

@@ -226,32 +226,10 @@ def show_statistics(in_files: List[Path], ctx_size: int = 512) -> str:
 
 
 def set_threads(n: Optional[int]) -> int:
-    """Threads for NumPy's BLAS (best effort: OpenBLAS as bundled with numpy, or threadpoolctl)."""
-    import os
+    """Threads for the matrix products (default: all cores); see model.set_threads."""
+    from .model import set_threads as model_set_threads
 
-    n = n if n and n > 0 else (os.cpu_count() or 1)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(n)
-        return n
-    except ImportError:
-        pass
-    import ctypes
-    import glob
-
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*.so*"))
-    for lib in libs:
-        try:
-            so = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-            fn = getattr(so, sym, None)
-            if fn is not None:
-                fn(ctypes.c_int(n))
-                return n
-    return n
+    return model_set_threads(n)
 
 
 IMATRIX_HELP = """Compute an importance matrix for MODEL over calibration text (-f), as llama-imatrix does.

@@ -163,6 +163,61 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_rot: int, rope
     return out
 
 
+class _Blas:
+    """NumPy's BLAS thread count, switched per product: products under SMALL_FLOPS run on one
+    thread, where waking and syncing more costs more than it saves (and much more on a busy
+    machine). Best effort: OpenBLAS as bundled with numpy; elsewhere a no-op."""
+
+    SMALL_FLOPS = 1 << 27
+
+    def __init__(self) -> None:
+        self.threads = 1
+        self.current = None
+        self._set = self._find()
+
+    @staticmethod
+    def _find():
+        import ctypes
+        import glob
+        import os
+
+        for lib in glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*.so*")):
+            try:
+                so = ctypes.CDLL(lib)
+            except OSError:
+                continue
+            for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                        "openblas_set_num_threads"):
+                fn = getattr(so, sym, None)
+                if fn is not None:
+                    fn.argtypes = [ctypes.c_int]
+                    return fn
+        return None
+
+    def configure(self, threads: int) -> bool:
+        self.threads = max(1, threads)
+        self.current = None
+        return self._set is not None
+
+    def for_flops(self, flops: float) -> None:
+        want = 1 if flops < self.SMALL_FLOPS else self.threads
+        if want != self.current and self._set is not None:
+            self._set(want)
+            self.current = want
+
+
+BLAS = _Blas()
+
+
+def set_threads(n: Optional[int]) -> int:
+    """Threads for the matrix products (default: all cores)."""
+    import os
+
+    n = n if n and n > 0 else (os.cpu_count() or 1)
+    BLAS.configure(n)
+    return n
+
+
 @lru_cache(maxsize=8)
 def _causal_mask(n: int) -> np.ndarray:
     return np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)
@@ -224,7 +279,9 @@ class Model:
         """x (T, n_in) @ W^T, W stored (n_out, n_in) as ggml does; the observer sees x."""
         if observe is not None:
             observe(name, x)
-        y = x @ self.weight(name + ".weight").T
+        w = self.weight(name + ".weight")
+        BLAS.for_flops(2.0 * x.shape[0] * w.shape[0] * w.shape[1])
+        y = x @ w.T
         bias = self.optional(name + ".bias")
         return y + bias if bias is not None else y
 
@@ -284,7 +341,9 @@ class Model:
             observe(self.output_name, h)  # a tied output is token_embd.weight, which llama-imatrix skips
         if not logits:
             return None
-        return h[logits_from:] @ self.weight(self.output_name).T
+        w = self.weight(self.output_name)
+        BLAS.for_flops(2.0 * (T - logits_from) * w.shape[0] * w.shape[1])
+        return h[logits_from:] @ w.T
 
     def _attention(self, q, k, v, kq_scale, group, block: int = 128) -> np.ndarray:
         """Causal grouped-query attention; q (T, n_head, hd), k and v (T, n_kv, hd).
@@ -299,6 +358,7 @@ class Model:
         kt = np.ascontiguousarray(k.transpose(1, 2, 0))  # (n_kv, hd, T)
         v = np.ascontiguousarray(v.transpose(1, 0, 2))   # (n_kv, T, hd)
         out = np.empty((n_kv, group, T, hd), dtype=np.float32)
+        BLAS.for_flops(4.0 * group * block * T * hd)
         for r0 in range(0, T, block):
             r1 = min(T, r0 + block)
             mask = _causal_mask(r1 - r0)

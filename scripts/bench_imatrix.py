@@ -59,6 +59,46 @@ def run_ours(model: Path, text: Path, chunks: int, threads: int) -> tuple[float,
     return spent["n"] / spent["s"], wall
 
 
+def run_libllama(model: Path, text: Path, chunks: int, threads: int, plain: bool) -> float:
+    """llama.cpp's forward pass alone through llama-cpp-python's libllama: llama_decode of the same
+    chunks, no collection callback. llama-imatrix can only be slower than this."""
+    import numpy as np
+    import llama_cpp as L
+
+    L.llama_backend_init()
+    m = L.llama_model_load_from_file(str(model).encode(), L.llama_model_default_params())
+    cp = L.llama_context_default_params()
+    cp.n_ctx = cp.n_batch = cp.n_ubatch = 512
+    cp.n_threads = cp.n_threads_batch = threads
+    if plain:
+        cp.type_k = cp.type_v = 0
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    ctx = L.llama_init_from_model(m, cp)
+    vocab = L.llama_model_get_vocab(m)
+    data = text.read_bytes()
+    buf = (L.llama_token * (len(data) + 16))()
+    n = L.llama_tokenize(vocab, data, len(data), buf, len(buf), True, False)
+    tokens = np.array(buf[:n], dtype=np.int32)
+    batch = L.llama_batch_init(512, 0, 1)
+    spent = 0.0
+    for i in range(min(chunks, n // 512)):
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        batch.n_tokens = 512
+        for k in range(512):
+            batch.token[k] = int(tokens[i * 512 + k])
+            batch.pos[k] = k
+            batch.n_seq_id[k] = 1
+            batch.seq_id[k][0] = 0
+            batch.logits[k] = True
+        t0 = time.perf_counter()
+        L.llama_decode(ctx, batch)
+        spent += time.perf_counter() - t0
+    L.llama_batch_free(batch)
+    L.llama_free(ctx)
+    L.llama_model_free(m)
+    return min(chunks, n // 512) * 512 / spent
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=DATA / "stories260K.gguf")
@@ -71,6 +111,14 @@ def main() -> None:
     ours, ours_wall = run_ours(args.model, args.text, args.chunks, args.threads)
     print(f"model {args.model.name}, {args.chunks} chunks of 512 tokens, {args.threads} threads")
     print(f"  pyquantize imatrix          : {ours:10.0f} tokens/s   (whole run {ours_wall:6.2f} s)")
+    try:
+        import llama_cpp  # noqa: F401
+
+        for plain, label in ((True, "f32 KV, no flash attn"), (False, "defaults: f16 KV, FA auto")):
+            rate = run_libllama(args.model, args.text, args.chunks, args.threads, plain)
+            print(f"  libllama decode only ({label:>25}): {rate:10.0f} tokens/s   ratio ours/llama {ours / rate:5.2f}x")
+    except ImportError:
+        print("  libllama: llama-cpp-python is not installed; skipped")
     if not exe.exists():
         print(f"  llama-imatrix: {exe} not found (scripts/build_llama_cpp.sh builds it); no ratio")
         return

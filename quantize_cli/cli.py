@@ -8,10 +8,56 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from .errors import PyquantizeError
 
+# Commands whose modules are heavy to import (NumPy and the model at import time) are built only
+# when invoked, so `pyquantize --help`, `types` and `inspect` start without them.
+# name -> (module, function, line shown by --help)
+LAZY_COMMANDS = {
+    "imatrix": ("quantize_cli.imatrix_cmd", "imatrix",
+                "Compute an importance matrix over calibration text, as llama-imatrix does."),
+}
+
+
+class _LazyGroup(TyperGroup):
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return names + [n for n in LAZY_COMMANDS if n not in names and _lazy_exists(n)]
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS and _lazy_exists(name):
+            # for listings: a stand-in with the one-line help; resolve_command builds the real one
+            return typer.core.TyperCommand(name=name, help=LAZY_COMMANDS[name][2])
+        return command
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands and _lazy_exists(args[0]):
+            self.commands[args[0]] = _build_lazy(args[0], self.rich_markup_mode)
+        return super().resolve_command(ctx, args)
+
+
+def _lazy_exists(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(LAZY_COMMANDS[name][0]) is not None
+
+
+def _build_lazy(name: str, rich_markup_mode):
+    import importlib
+
+    from typer.models import CommandInfo
+
+    module, function, _ = LAZY_COMMANDS[name]
+    callback = getattr(importlib.import_module(module), function)
+    return typer.main.get_command_from_info(CommandInfo(name=name, callback=callback, no_args_is_help=True),
+                                            pretty_exceptions_short=True, rich_markup_mode=rich_markup_mode)
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     name="pyquantize",
     help="Quantize models to GGUF: byte-identical to llama.cpp's llama-quantize, from Python.",
     no_args_is_help=True,
@@ -283,19 +329,6 @@ def types_cmd() -> None:
 
     for name, (ftype, description) in FILE_TYPES.items():
         typer.echo(f"{ftype:>4}  {name:<10} {description}")
-
-
-def _register_optional_commands() -> None:
-    try:
-        from .imatrix_cmd import imatrix
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.endswith("imatrix_cmd"):
-            return
-        raise
-    app.command("imatrix", no_args_is_help=True)(imatrix)
-
-
-_register_optional_commands()
 
 
 def main() -> None:

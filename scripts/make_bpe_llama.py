@@ -3,9 +3,10 @@
 Real llama-family BPE models are far too big for tests, so this takes the vocabulary of a GGUF
 (for instance llama.cpp's models/ggml-vocab-llama-bpe.gguf or ggml-vocab-gpt-2.gguf) and puts a
 tiny random llama behind it: 2 layers, n_embd 64, 4 heads / 2 KV heads, n_ff 128, tied output.
-Enough to compare our imatrix and logits with llama.cpp's on BPE-tokenized text.
+Enough to compare our imatrix and logits with llama.cpp's on BPE-tokenized text. --arch qwen2
+writes the same with Q/K/V biases, which llama.cpp runs with NEOX RoPE.
 
-    python scripts/make_bpe_llama.py VOCAB.gguf OUT.gguf [--seed 0] [--n-layer 2]
+    python scripts/make_bpe_llama.py VOCAB.gguf OUT.gguf [--seed 0] [--n-layer 2] [--arch qwen2]
 """
 
 import argparse
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--n-layer", type=int, default=2)
     ap.add_argument("--n-embd", type=int, default=64)
     ap.add_argument("--n-ff", type=int, default=128)
+    ap.add_argument("--arch", default="llama", choices=["llama", "qwen2"], help="qwen2: Q/K/V biases, NEOX RoPE")
     args = ap.parse_args()
     meta = read_gguf_metadata(args.vocab)
     tokens = meta["tokenizer.ggml.tokens"]
@@ -36,7 +38,7 @@ def main() -> None:
     hd = n_embd // n_head
     rng = np.random.default_rng(args.seed)
 
-    w = gguf.GGUFWriter(args.out, "llama")
+    w = gguf.GGUFWriter(args.out, args.arch)
     w.add_name("bpe-llama-test")
     w.add_context_length(2048)
     w.add_embedding_length(n_embd)
@@ -73,6 +75,9 @@ def main() -> None:
         w.add_tensor(p + "attn_q.weight", mat(n_head * hd, n_embd, 2.0))
         w.add_tensor(p + "attn_k.weight", mat(n_kv * hd, n_embd, 2.0))
         w.add_tensor(p + "attn_v.weight", mat(n_kv * hd, n_embd))
+        if args.arch == "qwen2":
+            for part, n in (("attn_q", n_head * hd), ("attn_k", n_kv * hd), ("attn_v", n_kv * hd)):
+                w.add_tensor(p + part + ".bias", (0.5 * rng.standard_normal(n)).astype(np.float32))
         w.add_tensor(p + "attn_output.weight", mat(n_embd, n_head * hd))
         w.add_tensor(p + "ffn_norm.weight", (1 + 0.1 * rng.standard_normal(n_embd)).astype(np.float32))
         w.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd))
@@ -82,7 +87,7 @@ def main() -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print(f"wrote {args.out}: llama, {args.n_layer} layers, n_embd {n_embd}, vocab {n_vocab} "
+    print(f"wrote {args.out}: {args.arch}, {args.n_layer} layers, n_embd {n_embd}, vocab {n_vocab} "
           f"({meta['tokenizer.ggml.model']}/{meta.get('tokenizer.ggml.pre')})")
 
 

@@ -152,10 +152,18 @@ def _ctypes_ref():
     return llama_imatrix_ctypes
 
 
-@pytest.mark.parametrize("which", ["stories260K", "bpe-llama"])
+@pytest.fixture(scope="module")
+def qwen2_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qwen2") / "qwen2.gguf"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_bpe_llama.py"), str(DATA / "ggml-vocab-gpt-2.gguf"),
+                    str(out), "--arch", "qwen2"], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("which", ["stories260K", "bpe_llama", "qwen2_model"])
 def test_parity_through_libllama(tmp_path, which, request):
     ref = _ctypes_ref()
-    model = STORIES if which == "stories260K" else request.getfixturevalue("bpe_llama")
+    model = STORIES if which == "stories260K" else request.getfixturevalue(which)
     text_path = DATA / "calibration-en.txt"
     text = text_path.read_text(encoding="utf-8")[:-1]
     stats, theirs_ppl = ref.collect(model, text, chunks=3, process_output=True)

@@ -225,3 +225,25 @@ def test_reference_kv_f16_mimic(stories):
     finally:
         stories.kv_f16 = False
     assert np.abs(mimic - want).max() < np.abs(plain - want).max()
+
+
+@pytest.fixture(scope="module")
+def qwen2_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qwen2") / "qwen2.gguf"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_bpe_llama.py"), str(DATA / "ggml-vocab-gpt-2.gguf"),
+                    str(out), "--arch", "qwen2"], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.reference
+def test_reference_logits_qwen2(qwen2_model):
+    """qwen2: Q/K/V biases and NEOX RoPE."""
+    from quantize_cli.tokenizer import tokenizer_from_gguf
+
+    text = (DATA / "calibration-en.txt").read_text(encoding="utf-8")[:3000]
+    ids = tokenizer_from_gguf(qwen2_model).encode(text)[:200]
+    want = _reference_logits(qwen2_model, ids)
+    m = Model(qwen2_model)
+    assert m.cfg.rope_type == ROPE_NEOX
+    got = m.forward(ids)
+    assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()

@@ -379,3 +379,22 @@ def test_pyquantize_convert_uses_llama_imatrix_file(tmp_path):
     with open_source(out) as src:
         assert src.kv_value("quantize.imatrix.entries_count") == 35
         assert src.kv_value("quantize.imatrix.chunks_count") == 2
+
+
+def test_cli_unsupported_architecture_and_missing_model(app, tmp_path, short_text):
+    import gguf
+
+    p = tmp_path / "falcon.gguf"
+    w = gguf.GGUFWriter(str(p), "falcon")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = run(app, p, "-f", short_text, "-o", tmp_path / "x.gguf")
+    assert r.exit_code == 1
+    assert r.stderr.strip() == ("error: architecture 'falcon' is not supported by the imatrix forward pass "
+                                "(supported: llama, qwen2)")
+    r = run(app, tmp_path / "missing.gguf", "-f", short_text, "-o", tmp_path / "x.gguf")
+    assert r.exit_code == 1 and "missing.gguf: no such file" in r.stderr
+    assert not (tmp_path / "x.gguf").exists()

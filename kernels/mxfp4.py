@@ -103,24 +103,26 @@ def _quantize_mxfp4_rows(x, mags, e8m0_half):
     y = np.zeros((nrows, nb * MXFP4_BYTES), dtype=np.uint8)
     for r in prange(nrows):
         xr = x[r]
-        L = np.empty(QK_MXFP4, dtype=np.int32)
-        dv = np.empty(QK_MXFP4, dtype=np.float32)
-        best = np.empty(QK_MXFP4, dtype=np.float32)
-        ax = np.empty(QK_MXFP4, dtype=np.float32)
+        # scales first, then one fp4_indices over the whole row: long loops vectorize best
+        L = np.empty(n_per_row, dtype=np.int32)
+        dv = np.empty(n_per_row, dtype=np.float32)
+        best = np.empty(n_per_row, dtype=np.float32)
+        ax = np.empty(n_per_row, dtype=np.float32)
         for i in range(nb):
             a = i * QK_MXFP4
-            b = i * MXFP4_BYTES
             amax = _ZERO
             for j in range(QK_MXFP4):
                 if amax < abs(xr[a + j]):
                     amax = abs(xr[a + j])
             e = e8m0_of_amax(amax)
-            d = e8m0_half[e]
-            y[r, b] = e
-            dv[:] = d
-            fp4_indices(xr, a, QK_MXFP4, dv, mags, L, best, ax)
+            y[r, i * MXFP4_BYTES] = e
+            dv[a:a + QK_MXFP4] = e8m0_half[e]
+        fp4_indices(xr, 0, n_per_row, dv, mags, L, best, ax)
+        for i in range(nb):
+            a = i * QK_MXFP4
+            b = i * MXFP4_BYTES
             for j in range(QK_MXFP4 // 2):
-                y[r, b + 1 + j] = L[j] | (L[j + QK_MXFP4 // 2] << 4)
+                y[r, b + 1 + j] = L[a + j] | (L[a + j + QK_MXFP4 // 2] << 4)
     return y
 
 

@@ -18,52 +18,41 @@ _HALF = f32(0.5)
 _MAGIC = f32(12582912.0)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def bits_to_f32(w):
-    return np.array([np.uint32(w)], dtype=np.uint32).view(np.float32)[0]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def f32_to_bits(f):
-    return np.array([np.float32(f)], dtype=np.float32).view(np.uint32)[0]
-
-
 @njit(cache=True, nogil=True)
 def fp32_to_fp16(f):
-    """ggml_compute_fp32_to_fp16: round to nearest even, NaN -> 0x7E00. Returns uint16."""
+    """ggml_compute_fp32_to_fp16: round to nearest even, NaN -> 0x7E00. Returns uint16.
+    Bit casts are scalar views (`np.float32(x).view(np.uint32)`): no allocation per call."""
     f = np.float32(f)
     base = (abs(f) * _SCALE_TO_INF) * _SCALE_TO_ZERO
-    w = np.uint32(f32_to_bits(f))
-    shl1_w = np.uint32(w + w)
-    sign = w & np.uint32(0x80000000)
-    bias = shl1_w & np.uint32(0xFF000000)
-    if bias < np.uint32(0x71000000):
-        bias = np.uint32(0x71000000)
-    base = bits_to_f32((bias >> np.uint32(1)) + np.uint32(0x07800000)) + base
-    bits = np.uint32(f32_to_bits(base))
-    exp_bits = (bits >> np.uint32(13)) & np.uint32(0x00007C00)
-    mantissa_bits = bits & np.uint32(0x00000FFF)
+    w = np.int64(np.float32(f).view(np.uint32))
+    shl1_w = (w << 1) & 0xFFFFFFFF
+    sign = w & 0x80000000
+    bias = shl1_w & 0xFF000000
+    if bias < 0x71000000:
+        bias = 0x71000000
+    base = np.uint32((bias >> 1) + 0x07800000).view(np.float32) + base
+    bits = np.int64(np.float32(base).view(np.uint32))
+    exp_bits = (bits >> 13) & 0x00007C00
+    mantissa_bits = bits & 0x00000FFF
     nonsign = exp_bits + mantissa_bits
-    if shl1_w > np.uint32(0xFF000000):
-        nonsign = np.uint32(0x7E00)
-    return np.uint16((sign >> np.uint32(16)) | nonsign)
+    if shl1_w > 0xFF000000:
+        nonsign = 0x7E00
+    return np.uint16((sign >> 16) | nonsign)
 
 
 @njit(cache=True, nogil=True)
 def fp16_to_fp32(h):
     """ggml_compute_fp16_to_fp32 (exact: every fp16 value is a float32 value)."""
-    w = np.uint32(h) << np.uint32(16)
-    sign = w & np.uint32(0x80000000)
-    two_w = np.uint32(w + w)
-    exp_offset = np.uint32(0xE0) << np.uint32(23)
-    normalized_value = bits_to_f32((two_w >> np.uint32(4)) + exp_offset) * _EXP_SCALE
-    magic_mask = np.uint32(126) << np.uint32(23)
-    denormalized_value = bits_to_f32((two_w >> np.uint32(17)) | magic_mask) - _HALF
-    if two_w < (np.uint32(1) << np.uint32(27)):
-        result = sign | f32_to_bits(denormalized_value)
+    w = np.int64(h) << 16
+    sign = w & 0x80000000
+    two_w = (w << 1) & 0xFFFFFFFF
+    if two_w < (1 << 27):
+        denormalized_value = np.uint32((two_w >> 17) | (126 << 23)).view(np.float32) - _HALF
+        result = sign | np.int64(np.float32(denormalized_value).view(np.uint32))
     else:
-        result = sign | f32_to_bits(normalized_value)
-    return bits_to_f32(result)
+        normalized_value = np.uint32((two_w >> 4) + (0xE0 << 23)).view(np.float32) * _EXP_SCALE
+        result = sign | np.int64(np.float32(normalized_value).view(np.uint32))
+    return np.uint32(result).view(np.float32)
 
 
 @njit(cache=True, nogil=True)
@@ -75,7 +64,7 @@ def fp16_round(f):
 @njit(cache=True, nogil=True)
 def fp32_to_bf16(f):
     """ggml_compute_fp32_to_bf16: round to nearest even; NaN forced quiet. Returns uint16."""
-    u = np.uint32(f32_to_bits(f))
+    u = np.float32(f).view(np.uint32)
     if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
         return np.uint16((u >> np.uint32(16)) | np.uint32(64))
     return np.uint16((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
@@ -85,8 +74,7 @@ def fp32_to_bf16(f):
 def nearest_int(fval):
     """ggml's nearest_int: adds 1.5 * 2**23 in float32, so ties round to even (valid for |x| <= 4194303)."""
     val = np.float32(fval) + _MAGIC
-    i = np.int32(f32_to_bits(val))
-    return (i & np.int32(0x007FFFFF)) - np.int32(0x00400000)
+    return (np.float32(val).view(np.int32) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
 
 
 @njit(cache=True, nogil=True)

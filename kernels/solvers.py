@@ -14,6 +14,11 @@ error_model="numpy": float division by zero gives inf/nan as in C instead of rai
 import numpy as np
 from numba import njit
 
+# The names the families import from here; one implementation each, in common.py.
+from .common import fp16_to_fp32 as fp16_to_fp32_fast  # noqa: F401
+from .common import fp32_to_fp16 as fp32_to_fp16_fast  # noqa: F401
+from .common import nearest_int as nearest_int_fast  # noqa: F401
+
 f32 = np.float32
 
 GROUP_MAX_EPS = f32(1e-15)
@@ -22,15 +27,6 @@ _ZERO = f32(0.0)
 _ONE = f32(1.0)
 _HALF = f32(0.5)
 _TENTH = f32(0.1)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def nearest_int_fast(fval):
-    """ggml's nearest_int: add 1.5 * 2**23 in float32 (ties round to even) and read the low
-    mantissa bits, exactly as the C does for every input. common.nearest_int computes the same
-    but allocates an array per call to get at the bits; a scalar view is a bitcast, and vectorizes."""
-    val = f32(fval) + _MAGIC
-    return (np.float32(val).view(np.int32) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -453,47 +449,3 @@ def get_scale_min_k4(j, q, off):
     return d, m
 
 
-# fp16 conversion without a memory allocation per call: common.fp32_to_fp16/fp16_to_fp32 bit-cast
-# through a one-element array (about 56 ns a call), which dominates the legacy quants (one or two
-# fp16 per 32 weights). These are the same ggml_compute_fp32_to_fp16/fp16_to_fp32 steps with
-# scalar views; identical to common's on every fp16 value, midpoint, and special value (checked).
-# If common.py adopts scalar views, these become aliases and can go.
-_SCALE_TO_INF = f32(2.0**112)
-_SCALE_TO_ZERO = f32(2.0**-110)
-_EXP_SCALE = f32(2.0**-112)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def fp32_to_fp16_fast(f):
-    """common.fp32_to_fp16 (round to nearest even, NaN -> 0x7E00) without allocation. Returns uint16."""
-    f = f32(f)
-    base = (abs(f) * _SCALE_TO_INF) * _SCALE_TO_ZERO
-    w = np.int64(np.float32(f).view(np.uint32))
-    shl1_w = (w << 1) & 0xFFFFFFFF
-    sign = w & 0x80000000
-    bias = shl1_w & 0xFF000000
-    if bias < 0x71000000:
-        bias = 0x71000000
-    base = np.uint32((bias >> 1) + 0x07800000).view(np.float32) + base
-    bits = np.int64(np.float32(base).view(np.uint32))
-    exp_bits = (bits >> 13) & 0x00007C00
-    mantissa_bits = bits & 0x00000FFF
-    nonsign = exp_bits + mantissa_bits
-    if shl1_w > 0xFF000000:
-        nonsign = 0x7E00
-    return np.uint16((sign >> 16) | nonsign)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def fp16_to_fp32_fast(h):
-    """common.fp16_to_fp32 (exact) without allocation."""
-    w = np.int64(h) << 16
-    sign = w & 0x80000000
-    two_w = (w << 1) & 0xFFFFFFFF
-    if two_w < (1 << 27):
-        denormalized_value = np.uint32((two_w >> 17) | (126 << 23)).view(np.float32) - _HALF
-        result = sign | np.int64(np.float32(denormalized_value).view(np.uint32))
-    else:
-        normalized_value = np.uint32((two_w >> 4) + (0xE0 << 23)).view(np.float32) * _EXP_SCALE
-        result = sign | np.int64(np.float32(normalized_value).view(np.uint32))
-    return np.uint32(result).view(np.float32)

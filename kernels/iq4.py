@@ -75,6 +75,8 @@ def best_index_int8(t, x):
             + np.int32(x >= t[12]) + np.int32(x >= t[13]) + np.int32(x >= t[14]))
 
 
+# IQ4_NL (32 weights per 18-byte block) and IQ4_XS (256 weights per 136-byte block), quantized by one
+# kernel as ggml does: quantize_row_iq4_nl_impl(super_block_size, 32, ..., kvalues_iq4nl, qw, 7)
 @njit(cache=True, nogil=True)
 def _iq4_superblock(x, qw, use_qw, values, t, y, scales, weight, L, Lb):
     """quantize_row_iq4_nl_impl(len(x), 32, ..., ntry=7) for one super-block x into the block bytes y.

@@ -182,8 +182,6 @@ def _quantize_nvfp4_rows(x, mags, ue4m3):
     y = np.zeros((nrows, nb * NVFP4_BYTES), dtype=np.uint8)
     for r in prange(nrows):
         xr = x[r]
-        scratch = np.empty(1, dtype=np.float32)  # to read a float32's bits without allocating per block
-        scratch_bits = scratch.view(np.uint32)
         L = np.empty(QK_NVFP4, dtype=np.int32)
         best = np.empty(QK_NVFP4, dtype=np.float32)
         ax = np.empty(QK_NVFP4, dtype=np.float32)
@@ -196,8 +194,8 @@ def _quantize_nvfp4_rows(x, mags, ue4m3):
                 for j in range(QK_NVFP4_SUB):
                     if amax < abs(xr[a + j]):
                         amax = abs(xr[a + j])
-                scratch[0] = amax / _SIX
-                ue = fp32_to_ue4m3(scratch[0], scratch_bits[0])
+                scaled = amax / _SIX
+                ue = fp32_to_ue4m3(scaled, np.float32(scaled).view(np.uint32))
                 y[r, b + s] = ue
                 dv[s * QK_NVFP4_SUB:(s + 1) * QK_NVFP4_SUB] = ue4m3[ue]
             fp4_indices(xr, i * QK_NVFP4, QK_NVFP4, dv, mags, L, best, ax)

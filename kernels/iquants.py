@@ -241,7 +241,7 @@ def _sum_tables(weight, xval, m, s):
             s.wq2[8 * i + l] = weight[i] * q * q
 
 
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _sums(L, m, s):
     sumqx = _ZERO
     sumq2 = _ZERO

@@ -149,7 +149,8 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
              override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out) -> None:
     from . import convert as conv
     from .errors import PlanError
-    from .plan import QuantizeOptions, parse_override_kv, parse_tensor_type
+    from .plan import (QuantizeOptions, parse_override_kv, parse_prune_layers, parse_tensor_type,
+                       parse_tensor_type_option, read_tensor_type_file)
     from .source import open_source
 
     src, out, ftype, ftype_name, nthreads = _parse_positional(args)
@@ -157,24 +158,10 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
         raise PlanError("--include-weights and --exclude-weights cannot be used together")
     if (include_weights or exclude_weights) and not imatrix:
         raise PlanError("--include-weights/--exclude-weights need --imatrix")
-    tensor_types = []
-    lines = list(tensor_type)
+    tensor_types = [parse_tensor_type_option(spec) for spec in tensor_type]
     if tensor_type_file is not None:
-        try:
-            lines += [ln.strip() for ln in tensor_type_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-        except OSError as exc:
-            raise PlanError(f"{tensor_type_file}: cannot read --tensor-type-file ({exc.strerror})") from None
-    for spec in lines:
-        pattern, eq, tname = spec.rpartition("=")
-        if not eq or not pattern:
-            raise PlanError(f"--tensor-type {spec!r}: expected REGEX=TYPE, e.g. attn_v=q8_0")
-        tensor_types.append((pattern, parse_tensor_type(tname)))
-    prune = []
-    if prune_layers:
-        try:
-            prune = sorted({int(p) for p in prune_layers.split(",") if p.strip()})
-        except ValueError:
-            raise PlanError(f"--prune-layers {prune_layers!r}: expected comma-separated layer numbers, e.g. 20,21") from None
+        tensor_types += read_tensor_type_file(tensor_type_file)
+    prune = parse_prune_layers(prune_layers) if prune_layers else []
     options = QuantizeOptions(
         ftype=ftype,
         only_copy=ftype_name == "COPY",

@@ -233,11 +233,12 @@ class Collector:
     def wants(self, name: str) -> bool:
         return name.startswith("blk.") or (self.process_output and name == "output.weight")
 
-    def observe(self, name: str, x: np.ndarray) -> None:
-        """One dense matmul input: x (n_tokens, n_in) float32, for weight `name`."""
+    def observe(self, name: str, x: np.ndarray, check_rows: bool = True) -> None:
+        """One dense matmul input: x (n_tokens, n_in) float32, for weight `name`. llama-imatrix
+        ignores micro-batches under 16 rows; `check_rows=False` when the caller has applied that."""
         if not name.endswith(".weight"):
             name += ".weight"
-        if not self.wants(name) or x.shape[0] < 16:  # llama-imatrix ignores batches under 16 tokens
+        if not self.wants(name) or (check_rows and x.shape[0] < 16) or x.shape[0] == 0:
             return
         n_tokens, n_in = x.shape
         e = self.stats.get(name)

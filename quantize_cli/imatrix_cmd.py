@@ -38,6 +38,8 @@ class ImatrixOptions:
     in_files: List[Path] = field(default_factory=list)
     threads: Optional[int] = None
     kv_f16: bool = False
+    batch_size: int = 2048
+    ubatch_size: int = 512
 
 
 @dataclass
@@ -91,6 +93,34 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return out
 
 
+def collected_rows(n_ctx: int, n_batch: int, n_ubatch: int, n_seq_batch: int) -> np.ndarray:
+    """The positions of a chunk whose activations llama-imatrix records.
+
+    llama-imatrix evaluates max(1, n_batch // n_ctx) chunks per batch as parallel sequences, and
+    llama.cpp cuts each batch into micro-batches: with one sequence per batch, runs of n_ubatch
+    tokens (split_simple); with several, n_ubatch // n_seqs tokens of each sequence at a time
+    (split_equal). The collector ignores micro-batches of fewer than 16 rows, so the tail of a
+    chunk can go unrecorded (e.g. 3 chunks in a batch: 170 + 170 + 170 + 2 tokens each, and the
+    last 2 are dropped). Returns a boolean mask over the chunk's positions."""
+    n_seq = max(1, n_batch // n_ctx)
+    n_kv = n_seq * n_ctx
+    n_batch = min(n_batch, n_kv)
+    n_ubatch = min(n_ubatch, n_batch)
+    keep = np.zeros(n_ctx, dtype=bool)
+    if n_seq == 1:  # one KV stream: split_simple inside each batch of n_batch tokens
+        for b0 in range(0, n_ctx, n_batch):
+            b1 = min(n_ctx, b0 + n_batch)
+            for u0 in range(b0, b1, n_ubatch):
+                u1 = min(b1, u0 + n_ubatch)
+                keep[u0:u1] = u1 - u0 >= 16
+    else:  # one stream per sequence: split_equal, the same share of every sequence per micro-batch
+        per = max(1, n_ubatch // n_seq_batch)
+        for u0 in range(0, n_ctx, per):
+            u1 = min(n_ctx, u0 + per)
+            keep[u0:u1] = (u1 - u0) * n_seq_batch >= 16
+    return keep
+
+
 def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
                     on_chunk: Optional[Callable[[ChunkResult], None]] = None,
                     on_start: Optional[Callable[[int, int], None]] = None) -> ImatrixResult:
@@ -104,6 +134,11 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
         raise ImatrixError("--ctx-size must be > 0")
     if opts.output_frequency <= 0:
         raise ImatrixError("--output-frequency must be > 0")
+    if opts.batch_size <= 0 or opts.ubatch_size <= 0:
+        raise ImatrixError("--batch-size and --ubatch-size must be > 0")
+    if not (opts.batch_size < opts.ctx_size or opts.batch_size % opts.ctx_size == 0):
+        raise ImatrixError(f"--batch-size {opts.batch_size} must be below --ctx-size {opts.ctx_size} or a multiple "
+                           "of it (as llama-imatrix requires)")
     warnings: list[str] = []
     if opts.output_format is None and not str(opts.output).endswith(".gguf"):
         warnings.append(f"saving imatrix using GGUF format with a different suffix than .gguf ({opts.output}); "
@@ -163,12 +198,20 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
         chunk_ppl: list[float] = []
         if on_start is not None:
             on_start(n_chunk, n_ctx)
+        n_seq = max(1, opts.batch_size // n_ctx)
         for i in range(n_chunk):
             tc = time.perf_counter()
             chunk = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
             if add_bos:
                 chunk[0] = tok.bos_id  # llama-imatrix overwrites the first token of each chunk with BOS
-            logits = model.forward(chunk, observe=collector.observe, process_output=opts.process_output,
+            n_seq_batch = min(n_seq, n_chunk - (i // n_seq) * n_seq)
+            keep = collected_rows(n_ctx, opts.batch_size, opts.ubatch_size, n_seq_batch)
+            if keep.all():
+                observe = collector.observe
+            else:
+                def observe(name, x, keep=keep):
+                    collector.observe(name, x[keep], check_rows=False)
+            logits = model.forward(chunk, observe=observe, process_output=opts.process_output,
                                    logits=opts.compute_ppl, logits_from=first)
             ppl = None
             if opts.compute_ppl:
@@ -247,7 +290,8 @@ def imatrix(
     output: Path = typer.Option(Path("imatrix.gguf"), "-o", "--output", "--output-file", metavar="FNAME", help="Output file."),
     output_format: Optional[str] = typer.Option(None, "--output-format", metavar="{gguf,dat}", help="Output format [default: gguf]."),
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", metavar="N", help="Tokens per chunk."),
-    batch_size: int = typer.Option(2048, "-b", "--batch-size", metavar="N", help="Accepted for llama-imatrix compatibility (results do not depend on it)."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", metavar="N", help="Logical batch, as llama-imatrix (decides which tokens it records; see docs)."),
+    ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", metavar="N", help="Physical batch, as llama-imatrix (micro-batches under 16 tokens are not recorded)."),
     chunks: int = typer.Option(-1, "--chunks", metavar="N", help="Process at most N chunks (-1: all)."),
     from_chunk: int = typer.Option(0, "--chunk", "--from-chunk", metavar="N", help="Start from chunk N (skip N chunks of text)."),
     output_frequency: int = typer.Option(10, "-ofreq", "--output-frequency", metavar="N", help="Write the output every N chunks."),
@@ -264,7 +308,7 @@ def imatrix(
     try:
         _run(model if model is not None else model_opt, text_file, output, output_format, ctx_size, chunks,
              from_chunk, output_frequency, save_frequency, process_output, ppl, parse_special, in_file,
-             show_stats, threads, kv_f16, quiet)
+             show_stats, threads, kv_f16, quiet, batch_size, ubatch_size)
     except PyquantizeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code)
@@ -274,7 +318,8 @@ def imatrix(
 
 
 def _run(model, text_file, output, output_format, ctx_size, chunks, from_chunk, output_frequency, save_frequency,
-         process_output, ppl, parse_special, in_file, show_stats, threads, kv_f16, quiet) -> None:
+         process_output, ppl, parse_special, in_file, show_stats, threads, kv_f16, quiet, batch_size=2048,
+         ubatch_size=512) -> None:
     in_files = [Path(p) for item in in_file for p in item.split(",") if p]
     for p in in_files:
         if not p.is_file():
@@ -288,7 +333,8 @@ def _run(model, text_file, output, output_format, ctx_size, chunks, from_chunk, 
     opts = ImatrixOptions(text_file=text_file, output=output, output_format=output_format, ctx_size=ctx_size,
                           chunks=chunks, from_chunk=from_chunk, output_frequency=output_frequency,
                           save_frequency=save_frequency, process_output=process_output, compute_ppl=ppl,
-                          parse_special=parse_special, in_files=in_files, threads=n_threads, kv_f16=kv_f16)
+                          parse_special=parse_special, in_files=in_files, threads=n_threads, kv_f16=kv_f16,
+                          batch_size=batch_size, ubatch_size=ubatch_size)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     show_bar = not quiet and sys.stderr.isatty()

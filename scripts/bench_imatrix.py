@@ -27,7 +27,7 @@ DATA = ROOT / "tests" / "data"
 def run_llama(exe: Path, model: Path, text: Path, chunks: int, threads: int, plain: bool) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [str(exe), "-m", str(model), "-f", str(text), "-o", f"{tmp}/i.gguf", "-c", "512",
-               "--chunks", str(chunks), "-t", str(threads), "--no-warmup"]
+               "--chunks", str(chunks), "-t", str(threads)]
         if plain:
             cmd += ["-ctk", "f32", "-ctv", "f32", "-fa", "off"]
         t0 = time.perf_counter()

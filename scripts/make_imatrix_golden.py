@@ -91,7 +91,7 @@ def make_logits() -> None:
 def run_llama_imatrix(model: Path, text: Path, out: Path, extra: list[str]) -> tuple[str, list[float]]:
     exe = LLAMA_BIN / "llama-imatrix"
     cmd = [str(exe), "-m", str(model), "-f", str(text), "-o", str(out), "-c", "512", "-ctk", "f32", "-ctv", "f32",
-           "-fa", "off", "-t", "1", "--no-warmup", *extra]
+           "-fa", "off", "-t", "1", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"llama-imatrix failed:\n{proc.stderr[-3000:]}")

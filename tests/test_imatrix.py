@@ -266,8 +266,19 @@ def test_cli_happy_path(app, short_text, tmp_path):
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("[1]") and "[3]" in r.stdout and "Final estimate: PPL = " in r.stdout
     data = load_imatrix(out)
-    assert data.chunk_count == 3 and data.datasets == [str(short_text)]
-    assert all(int(c[0]) == 1536 for c in data.counts.values())
+    assert data.chunk_count == 2 and data.datasets == [str(short_text)]
+    # llama-imatrix runs the 3 chunks as 3 parallel sequences in micro-batches of 170 tokens each,
+    # and drops the last micro-batch (2 tokens x 3 < 16 rows): 510 tokens recorded per chunk
+    assert all(int(c[0]) == 1530 for c in data.counts.values())
+
+
+def test_collected_rows():
+    from quantize_cli.imatrix_cmd import collected_rows
+
+    assert collected_rows(512, 2048, 512, 4).all() and collected_rows(512, 2048, 512, 2).all()
+    assert list(np.flatnonzero(~collected_rows(512, 2048, 512, 3))) == [510, 511]
+    assert list(np.flatnonzero(~collected_rows(1030, 2048, 512, 1))) == list(range(1024, 1030))
+    assert collected_rows(512, 512, 512, 1).all()
 
 
 def test_cli_dat_no_ppl_process_output(app, short_text, tmp_path):

@@ -38,7 +38,7 @@ def tool(name: str) -> Path:
 
 def llama_imatrix(model: Path, text: Path, out: Path, *extra: str) -> list[float]:
     cmd = [str(tool("llama-imatrix")), "-m", str(model), "-f", str(text), "-o", str(out), "-c", "512",
-           "-t", "1", "--no-warmup", *extra]
+           "-t", "1", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", proc.stdout + proc.stderr)]
@@ -49,6 +49,8 @@ PLAIN = ("-ctk", "f32", "-ctv", "f32", "-fa", "off")
 
 def compare(ours_path: Path, theirs_path: Path, ours_ppl, theirs_ppl, tol: float = 1e-3) -> float:
     ours, theirs = load_imatrix(ours_path), load_imatrix(theirs_path)
+    assert (ours.chunk_count, ours.chunk_size, ours.datasets) == (theirs.chunk_count, theirs.chunk_size,
+                                                                   theirs.datasets)
     assert sorted(ours.sums) == sorted(theirs.sums)
     assert {n: list(c) for n, c in ours.counts.items()} == {n: list(c) for n, c in theirs.counts.items()}
     worst = max(float(np.abs(ours.sums[n] - theirs.sums[n]).max() / np.abs(theirs.sums[n]).max())
@@ -123,8 +125,8 @@ def test_llama_imatrix_merges_our_file(tmp_path):
     """llama-imatrix --in-file reads our GGUF and writes back the same data."""
     text = DATA / "calibration-en.txt"
     compute_imatrix(STORIES, ImatrixOptions(text_file=text, output=tmp_path / "ours.gguf", chunks=2))
-    proc = subprocess.run([str(tool("llama-imatrix")), "--in-file", str(tmp_path / "ours.gguf"), "-o",
-                           str(tmp_path / "back.gguf")], capture_output=True, text=True)
+    proc = subprocess.run([str(tool("llama-imatrix")), "-m", str(STORIES), "--in-file", str(tmp_path / "ours.gguf"),
+                           "-o", str(tmp_path / "back.gguf")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "back.gguf").read_bytes() == (tmp_path / "ours.gguf").read_bytes()
 
@@ -168,8 +170,9 @@ def test_parity_through_libllama(tmp_path, which, request):
     text = text_path.read_text(encoding="utf-8")[:-1]
     stats, theirs_ppl = ref.collect(model, text, chunks=3, process_output=True)
     ref.save(stats, tmp_path / "theirs.gguf", str(text_path), 512)
+    # the libllama driver runs one chunk per batch: as llama-imatrix -b 512
     result = compute_imatrix(model, ImatrixOptions(text_file=text_path, output=tmp_path / "ours.gguf", chunks=3,
-                                                   process_output=True))
+                                                   process_output=True, batch_size=512))
     worst = compare(tmp_path / "ours.gguf", tmp_path / "theirs.gguf", result.chunk_ppl, theirs_ppl)
     assert worst < 1e-4
 

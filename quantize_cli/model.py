@@ -101,6 +101,45 @@ def read_config(meta: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> Config
     )
 
 
+def _open_gguf(path: Path):
+    """Metadata and lazy tensor references of a GGUF model, memory-mapped.
+
+    Our own one-pass reader rather than quantize_cli.source: that one goes through the gguf
+    package's reader, which takes seconds on a large vocabulary; here nothing else is needed."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from .source import TensorRef, split_paths
+    from .tokenizer import TokenizerError, read_gguf
+
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory; the imatrix needs a GGUF model file")
+    shards = split_paths(path)
+    if shards and len(shards) > 1:
+        raise ModelError(f"{path}: split GGUF models are not supported by the imatrix forward pass; "
+                         "merge the shards first (llama-gguf-split --merge)")
+    try:
+        meta, infos, data_offset = read_gguf(path)
+    except TokenizerError as exc:
+        raise ModelError(str(exc)) from None
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    tensors = {}
+    for name, ne, ttype, offset in infos:
+        try:
+            qtype = GGMLQuantizationType(ttype)
+        except ValueError:
+            raise ModelError(f"{path}: tensor {name} has unknown ggml type {ttype}") from None
+        block, size = GGML_QUANT_SIZES[qtype]
+        nbytes = int(np.prod(ne, dtype=np.int64)) // block * size
+        start = data_offset + offset
+        if start + nbytes > mm.size:
+            raise ModelError(f"{path}: tensor {name} runs past the end of the file; the file is truncated")
+        tensors[name] = TensorRef(name=name, ne=ne, type=qtype,
+                                  load=lambda start=start, nbytes=nbytes: mm[start:start + nbytes])
+    return meta, tensors, mm
+
+
 def _dequantize(ref) -> np.ndarray:
     """A tensor as float32 (ne1, ne0) (or its own shape for 1-D), from any stored type."""
     from gguf import GGMLQuantizationType as T
@@ -231,13 +270,8 @@ class Model:
     """A llama-family model, ready to run chunks of token ids."""
 
     def __init__(self, path: str | Path, weight_budget: int = 8 << 30):
-        from .source import open_source
-        from .tokenizer import read_gguf_metadata
-
         self.path = Path(path)
-        self.source = open_source(self.path)
-        self.meta = read_gguf_metadata(self.path)
-        self.tensors = {t.name: t for t in self.source.tensors}
+        self.meta, self.tensors, self._mm = _open_gguf(self.path)
         self.cfg = read_config(self.meta, {n: t.ne for n, t in self.tensors.items()})
         cfg = self.cfg
         for name in ("token_embd.weight", "output_norm.weight"):
@@ -260,7 +294,7 @@ class Model:
 
     def close(self) -> None:
         self._cache.clear()
-        self.source.close()
+        self._mm = None
 
     def weight(self, name: str) -> np.ndarray:
         w = self._cache.get(name)

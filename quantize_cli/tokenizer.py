@@ -671,6 +671,11 @@ def read_gguf_metadata(path) -> dict[str, Any]:
 
     The gguf package's reader builds an object per array element, which takes tens of seconds for
     a 150k-token vocabulary with its merges; this reads the same in well under a second."""
+    return read_gguf(path)[0]
+
+
+def read_gguf(path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], int, int]], int]:
+    """(metadata, tensor infos as (name, ne, ggml type, offset), absolute data offset) of a GGUF."""
     import struct
 
     with open(path, "rb") as f:
@@ -715,15 +720,24 @@ def read_gguf_metadata(path) -> dict[str, Any]:
         return v
 
     meta: dict[str, Any] = {}
+    infos: list[tuple[str, tuple[int, ...], int, int]] = []
     try:
         for _ in range(n_kv):
             key = string()
             (vtype,) = unpack_from("<I", buf, pos)
             pos += 4
             meta[key] = value(vtype)
+        for _ in range(_n_tensors):
+            name = string()
+            (n_dims,) = unpack_from("<I", buf, pos)
+            ne = unpack_from(f"<{n_dims}Q", buf, pos + 4)
+            ttype, offset = unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+            pos += 4 + 8 * n_dims + 12
+            infos.append((name, tuple(int(n) for n in ne), int(ttype), int(offset)))
     except (struct.error, ValueError) as exc:
         raise TokenizerError(f"{path}: truncated or corrupt GGUF metadata ({exc})") from None
-    return meta
+    alignment = int(meta.get("general.alignment", 32) or 32)
+    return meta, infos, (pos + alignment - 1) // alignment * alignment
 
 
 def tokenizer_from_gguf(path) -> Tokenizer:

@@ -303,7 +303,7 @@ def imatrix(
     show_stats: bool = typer.Option(False, "--show-statistics", help="Print statistics of one --in-file and exit."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", metavar="N", help="Threads for the matrix products (default: all cores)."),
     kv_f16: bool = typer.Option(False, "--kv-f16", help="Round K and V to f16 as llama.cpp's default F16 KV cache does (compare with a default llama-imatrix run)."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar, no summary lines (perplexities still print)."),
 ) -> None:
     try:
         _run(model if model is not None else model_opt, text_file, output, output_format, ctx_size, chunks,
@@ -347,7 +347,8 @@ def _run(model, text_file, output, output_format, ctx_size, chunks, from_chunk, 
 
     def on_start(n_chunk: int, n_ctx: int) -> None:
         nonlocal task
-        typer.echo(f"computing over {n_chunk} chunks, n_ctx={n_ctx}, threads={n_threads}", err=True)
+        if not quiet:
+            typer.echo(f"computing over {n_chunk} chunks, n_ctx={n_ctx}, threads={n_threads}", err=True)
         task = progress.add_task("imatrix", total=n_chunk, speed="", ppl="")
 
     def on_chunk(r: ChunkResult) -> None:
@@ -372,6 +373,8 @@ def _run(model, text_file, output, output_format, ctx_size, chunks, from_chunk, 
     if result.ppl is not None:
         err = f" +/- {result.ppl_error:.5f}" if result.ppl_error is not None else ""
         typer.echo(f"Final estimate: PPL = {result.ppl:.4f}{err}")
+    if quiet:
+        return
     if state["seconds"] > 0:
         typer.echo(f"{result.n_tokens} tokens in {state['seconds']:.2f} s: "
                    f"{result.n_tokens / state['seconds']:.0f} tokens/s", err=True)

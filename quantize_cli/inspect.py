@@ -28,10 +28,9 @@ def _kv_value(kv) -> Any:
 def describe(path: str | Path, with_tensors: bool = True) -> dict:
     with open_source(path) as src:
         first = src if isinstance(src, GGUFFileSource) else getattr(src, "shards", [src])[0]
-        reader = getattr(first, "_reader", None)
         doc: dict[str, Any] = {
             "file": str(path),
-            "version": int(reader.fields["GGUF.version"].parts[0][0]) if reader else None,
+            "version": getattr(first, "version", None),
             "alignment": getattr(first, "alignment", None),
             "n_splits": src.n_splits,
             "metadata": OrderedDict((kv.key, _kv_value(kv)) for kv in src.kv),

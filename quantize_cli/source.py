@@ -51,7 +51,8 @@ class TensorRef:
     load: Callable[[], np.ndarray]  # flat uint8 bytes of the tensor, as stored in `type`
     split: int = 0  # shard index of a split input
     offset: int = 0  # byte offset of the data in its file (for ordering a split model)
-    release: Callable[[], None] = lambda: None  # drop the tensor's pages from memory once written
+    # drop the tensor's pages from memory once used: all of them, or bytes [start, stop) of the tensor
+    release: Callable[..., None] = lambda start=0, stop=None: None
 
     @property
     def n_elements(self) -> int:
@@ -115,20 +116,133 @@ def _check_header(path: Path) -> None:
         raise SourceError(f"{path}: GGUF version {version} is not supported (only 2 and 3)")
 
 
-class _InfoOnlyReader:
-    """The gguf package's reader, minus the per-tensor numpy views it builds eagerly (those fail
-    opaquely on a truncated file and cost time on big models): tensor infos are kept as fields."""
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
+          7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
+_STRING, _ARRAY = 8, 9
 
-    @staticmethod
-    def open(path: Path):
-        from gguf import GGUFReader
 
-        class Reader(GGUFReader):
-            def _build_tensors(self, start_offs, fields):
-                self.tensor_fields = fields
-                self.tensors = []
+@dataclass
+class GGUFLayout:
+    """Where everything is in a GGUF file: read in one pass, no value decoded until asked."""
 
-        return Reader(path, "r")
+    version: int
+    kv: list[KV]
+    tensor_infos: list[tuple[str, tuple[int, ...], int, int]]  # (name, ne, ggml type, offset in data)
+    tensor_info_offset: int
+    alignment: int
+    data_offset: int
+    buf: mmap.mmap
+
+
+def read_gguf_layout(path: str | Path) -> GGUFLayout:
+    """Parse a GGUF header, metadata and tensor infos from a read-only memory map.
+
+    Metadata values stay undecoded (``KV.raw`` holds their exact bytes; ``KV.get()`` decodes on
+    demand): a 150k-token vocabulary costs a walk over its string lengths, not an object per
+    string. Raises SourceError naming what is wrong."""
+    path = Path(path)
+    _check_header(path)
+    with open(path, "rb") as f:
+        try:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            raise SourceError(f"{path}: file is empty: not a GGUF file") from None
+    unpack_from = struct.unpack_from
+
+    def skip_string(pos: int) -> int:
+        (n,) = unpack_from("<Q", buf, pos)
+        if pos + 8 + n > len(buf):
+            raise struct.error("string runs past the end")
+        return pos + 8 + n
+
+    def skip_value(vtype: int, pos: int) -> int:
+        if vtype == _STRING:
+            return skip_string(pos)
+        if vtype == _ARRAY:
+            item, count = unpack_from("<IQ", buf, pos)
+            pos += 12
+            if item == _STRING:
+                for _ in range(count):
+                    pos = skip_string(pos)
+                return pos
+            if item in _NUMPY:
+                end = pos + count * np.dtype(_NUMPY[item]).itemsize
+                if end > len(buf):
+                    raise struct.error("array runs past the end")
+                return end
+            for _ in range(count):
+                pos = skip_value(item, pos)
+            return pos
+        if vtype not in _SCALAR:
+            raise ValueError(f"unknown metadata value type {vtype}")
+        return pos + struct.calcsize(_SCALAR[vtype])
+
+    def decoder(vtype: int, pos: int) -> Callable[[], Any]:
+        return lambda: decode_value(buf, vtype, pos)[0]
+
+    try:
+        version, n_tensors, n_kv = unpack_from("<IQQ", buf, 4)
+        pos = 24
+        kv: list[KV] = []
+        for _ in range(n_kv):
+            start = pos
+            (n,) = unpack_from("<Q", buf, pos)
+            key = bytes(buf[pos + 8:pos + 8 + n]).decode("utf-8", errors="replace")
+            pos = skip_string(pos)
+            (vtype,) = unpack_from("<I", buf, pos)
+            value_pos = pos + 4
+            item_type = None
+            if vtype == _ARRAY:
+                (item_type,) = unpack_from("<I", buf, value_pos)
+                item_type = GGUFValueType(item_type)
+            pos = skip_value(vtype, value_pos)
+            kv.append(KV(key, GGUFValueType(vtype), item_type=item_type, raw=bytes(buf[start:pos]),
+                         _decode=decoder(vtype, value_pos)))
+        info_offset = pos
+        infos = []
+        for _ in range(n_tensors):
+            (n,) = unpack_from("<Q", buf, pos)
+            name = bytes(buf[pos + 8:pos + 8 + n]).decode("utf-8", errors="replace")
+            pos = skip_string(pos)
+            (n_dims,) = unpack_from("<I", buf, pos)
+            if n_dims > 4:
+                raise ValueError(f"tensor {name} has {n_dims} dimensions")
+            ne = unpack_from(f"<{n_dims}Q", buf, pos + 4)
+            ttype, offset = unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+            pos += 4 + 8 * n_dims + 12
+            infos.append((name, tuple(int(d) for d in ne), int(ttype), int(offset)))
+    except (struct.error, ValueError, OverflowError) as exc:
+        raise SourceError(f"{path}: truncated or corrupt GGUF header/metadata ({exc})") from None
+    alignment = 32
+    for pair in kv:
+        if pair.key == "general.alignment":
+            value = pair.get()
+            if pair.vtype != GGUFValueType.UINT32 or value == 0 or value & (value - 1):
+                raise SourceError(f"{path}: general.alignment must be a power of two (uint32), got {value!r}")
+            alignment = int(value)
+    data_offset = (pos + alignment - 1) // alignment * alignment
+    return GGUFLayout(int(version), kv, infos, info_offset, alignment, data_offset, buf)
+
+
+def decode_value(buf, vtype: int, pos: int) -> tuple[Any, int]:
+    """One metadata value at `pos` as Python data (arrays as lists); returns it and the end."""
+    if vtype == _STRING:
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        return bytes(buf[pos + 8:pos + 8 + n]).decode("utf-8", errors="replace"), pos + 8 + n
+    if vtype == _ARRAY:
+        item, count = struct.unpack_from("<IQ", buf, pos)
+        pos += 12
+        if item in _NUMPY:
+            arr = np.frombuffer(buf, dtype=_NUMPY[item], count=count, offset=pos)
+            return arr.tolist(), pos + arr.nbytes
+        out = []
+        for _ in range(count):
+            value, pos = decode_value(buf, item, pos)
+            out.append(value)
+        return out, pos
+    fmt = _SCALAR[vtype]
+    return struct.unpack_from(fmt, buf, pos)[0], pos + struct.calcsize(fmt)
 
 
 class GGUFFileSource(Source):
@@ -136,42 +250,29 @@ class GGUFFileSource(Source):
 
     def __init__(self, path: Path, split: int = 0):
         self.path = Path(path)
-        _check_header(self.path)
-        size = self.path.stat().st_size
-        try:
-            reader = _InfoOnlyReader.open(self.path)
-        except (ValueError, IndexError, KeyError, struct.error, OverflowError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{self.path}: truncated or corrupt GGUF header/metadata ({exc})") from None
-        self._reader = reader
-        self.alignment = int(reader.alignment)
-        self.data_offset = int(reader.data_offset)
-        mm = reader.data
-        fields = [f for name, f in reader.fields.items() if not name.startswith("GGUF.")]
-        infos = reader.tensor_fields
-        self.tensor_info_offset = infos[0].offset if infos else None
-        self.kv = []
-        for i, f in enumerate(fields):
-            end = fields[i + 1].offset if i + 1 < len(fields) else (self.tensor_info_offset or self._kv_end(f))
-            vtype = GGUFValueType(f.types[0])
-            item_type = GGUFValueType(f.types[-1]) if vtype == GGUFValueType.ARRAY and len(f.types) > 1 else None
-            self.kv.append(KV(f.name, vtype, item_type=item_type, raw=bytes(mm[f.offset:end]), _decode=f.contents))
-        if self.data_offset > size:
+        layout = read_gguf_layout(self.path)
+        size = len(layout.buf)
+        self.version = layout.version
+        self.alignment = layout.alignment
+        self.data_offset = layout.data_offset
+        self.tensor_info_offset = layout.tensor_info_offset
+        self.kv = layout.kv
+        if layout.tensor_infos and self.data_offset > size:
             raise SourceError(f"{self.path}: truncated: tensor data would start at byte {self.data_offset}, file has {size}")
+        mm = np.frombuffer(layout.buf, dtype=np.uint8)
+        self._buf = layout.buf
         self.tensors = []
         names = set()
-        for field_ in infos:
-            _, name_data, _, dims, raw_type, rel_offset = field_.parts
-            name = bytes(name_data).decode("utf-8", errors="replace")
+        for name, ne, raw_type, rel_offset in layout.tensor_infos:
             if name in names:
                 raise SourceError(f"{self.path}: tensor {name} appears twice")
             names.add(name)
             try:
-                qtype = GGMLQuantizationType(int(raw_type[0]))
+                qtype = GGMLQuantizationType(raw_type)
             except ValueError:
-                raise SourceError(f"{self.path}: tensor {name} has unknown ggml type {int(raw_type[0])}") from None
-            ne = tuple(int(d) for d in dims)
+                raise SourceError(f"{self.path}: tensor {name} has unknown ggml type {raw_type}") from None
             ref = TensorRef(name=name, ne=ne, type=qtype, load=lambda: None, split=split,
-                            offset=self.data_offset + int(rel_offset[0]))
+                            offset=self.data_offset + rel_offset)
             if ne and ne[0] % GGML_QUANT_SIZES[qtype][0]:
                 raise SourceError(f"{self.path}: tensor {name} has rows of {ne[0]}, not a multiple of {qtype.name}'s block")
             end = ref.offset + ref.nbytes
@@ -180,33 +281,31 @@ class GGUFFileSource(Source):
                     f"{self.path}: tensor {name} data runs past the end of the file "
                     f"(needs bytes up to {end}, file has {size}): the file is truncated")
             ref.load = _loader(mm, ref.offset, ref.nbytes)
-            ref.release = _releaser(mm, ref.offset, ref.nbytes)
+            ref.release = _releaser(layout.buf, ref.offset, ref.nbytes)
             self.tensors.append(ref)
 
-    @staticmethod
-    def _kv_end(f) -> int:
-        return f.offset + sum(int(p.nbytes) for p in f.parts)
-
     def close(self) -> None:
-        self._reader = None
+        # Views handed out (tensor data) keep the map alive; it closes when the last one goes.
+        self._buf = None
 
 
 def _loader(mm: np.ndarray, offset: int, nbytes: int) -> Callable[[], np.ndarray]:
     return lambda: mm[offset:offset + nbytes]
 
 
-def _releaser(mm: np.ndarray, offset: int, nbytes: int) -> Callable[[], None]:
+def _releaser(mm: mmap.mmap, offset: int, nbytes: int) -> Callable[..., None]:
     """Tell the kernel we are done with a tensor's pages (as llama.cpp's unmap_weight does), so
-    the resident size stays near one tensor instead of growing to the whole file."""
-    def release() -> None:
-        raw = getattr(mm, "_mmap", None)
-        if raw is None or not hasattr(raw, "madvise"):
-            return
+    the resident size stays near one slab instead of growing to the whole file. The mapping is
+    shared and read-only: a page dropped by mistake (one shared with a neighbour) is read again
+    from the page cache, never lost."""
+    def release(start: int = 0, stop: int | None = None) -> None:
+        raw = mm
+        stop = nbytes if stop is None else min(stop, nbytes)
         page = mmap.PAGESIZE
-        start = offset // page * page
-        end = min(len(raw), (offset + nbytes + page - 1) // page * page)
-        if end > start:
-            raw.madvise(mmap.MADV_DONTNEED, start, end - start)
+        begin = (offset + start) // page * page
+        end = min(len(raw), (offset + stop + page - 1) // page * page)
+        if end > begin:
+            raw.madvise(mmap.MADV_DONTNEED, begin, end - begin)
     return release
 
 

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -147,6 +150,7 @@ def _parse_positional(args: list[str]):
 def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include_weights, exclude_weights,
              output_tensor_type, token_embedding_type, tensor_type, tensor_type_file, prune_layers, keep_split,
              override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out) -> None:
+    _quiet_helper_threads()
     from . import convert as conv
     from .errors import PlanError
     from .plan import (QuantizeOptions, parse_override_kv, parse_prune_layers, parse_tensor_type,
@@ -199,6 +203,16 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
         typer.echo(json.dumps(_result_json(result), indent=2))
     elif not quiet:
         _print_summary(result, console)
+
+
+def _quiet_helper_threads() -> None:
+    """Settings for a convert process, made before NumPy and Numba load (the user's own win).
+    Numba's OpenMP workers sleep between slabs instead of spinning: on 2 cores a spinning worker
+    takes the core that the writer thread and the input checks need. OpenBLAS starts no threads
+    (convert does no matrix products)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _open_hf(path: Path, no_vocab: bool):
@@ -319,6 +333,9 @@ def types_cmd() -> None:
 
 
 def main() -> None:
+    # Start-up is mostly imports (Typer, NumPy, gguf, Numba) that allocate many objects: at the
+    # default gen-0 threshold (700) the collector runs hundreds of times over them for nothing.
+    gc.set_threshold(100_000, 50, 100)
     app()
 
 

@@ -20,7 +20,7 @@ import kernels
 from .errors import ImatrixError, KernelError, OutputError, PlanError
 from .plan import Plan, QuantizeOptions, TensorPlan, make_plan
 from .source import Source, open_source
-from .writer import ShardWriter, TensorInfo, WriteBehind, atomic_outputs
+from .writer import ShardWriter, TensorInfo, atomic_outputs
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 SLAB_BYTES = 64 << 20  # float32 rows converted per slab: bounds memory for huge tensors
@@ -204,26 +204,20 @@ def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
         for shard, tmp in enumerate(temps):
             members = [tp for tp in plan.tensors if tp.split == shard]
             infos = [TensorInfo(tp.name, tp.ne, int(tp.type), tp.nbytes) for tp in members]
+            # Writes stay on this thread: writing on a background thread measured no faster on 2
+            # cores (both are busy quantizing) and held up to 30 MB more.
             with open(tmp, "wb", buffering=1 << 20) as f:
-                out = WriteBehind(f)
-                try:
-                    writer = ShardWriter(out, plan.shard_kv(shard), infos)
-                    for tp in members:
-                        if progress:
-                            progress("start", tp, tp.ref.nbytes)
-                        if tp.quantize:
-                            quantize_tensor(tp, imatrix_for(tp, imatrix), writer.write)
-                            writer.end_tensor()
-                            tp.ref.release()
-                        else:
-                            writer.write(tp.ref.load())
-                            writer.end_tensor()
-                            out.call(tp.ref.release)  # a copy writes the input pages: drop them once written
-                        if progress:
-                            progress("done", tp, tp.ref.nbytes)
-                    writer.close()
-                    out.close()
-                except BaseException:
-                    out.abandon()
-                    raise
+                writer = ShardWriter(f, plan.shard_kv(shard), infos)
+                for tp in members:
+                    if progress:
+                        progress("start", tp, tp.ref.nbytes)
+                    if tp.quantize:
+                        quantize_tensor(tp, imatrix_for(tp, imatrix), writer.write)
+                    else:
+                        writer.write(tp.ref.load())
+                    writer.end_tensor()
+                    tp.ref.release()
+                    if progress:
+                        progress("done", tp, tp.ref.nbytes)
+                writer.close()
 

@@ -13,11 +13,9 @@ targets are left as they were.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import struct
 import tempfile
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,63 +133,6 @@ class ShardWriter:
     def close(self) -> None:
         if self.next != len(self.infos):
             raise AssertionError(f"only {self.next} of {len(self.infos)} tensors written")
-
-
-class WriteBehind:
-    """Writes buffers to a file in order on one background thread, so the next slab is quantized
-    while the last one is written (file writes release the GIL; llama-quantize does the two in
-    turn). At most `depth` buffers wait, which bounds the memory held. `call(fn)` runs fn once
-    everything queued before it is written (used to drop a tensor's input pages). An error of the
-    thread is raised by the next write, call or close."""
-
-    def __init__(self, f, depth: int = 2):
-        self.f = f
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._abandoned = False
-        self._thread = threading.Thread(target=self._run, name="pyquantize-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is not None or self._abandoned:
-                continue  # drain: the main thread reports the error or has given up
-            try:
-                if callable(item):
-                    item()
-                else:
-                    self.f.write(item)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                self._error = exc
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            self._abandoned = True
-            raise error
-
-    def write(self, buf) -> None:
-        self._raise()
-        self._queue.put(buf)
-
-    def call(self, fn) -> None:
-        self._raise()
-        self._queue.put(fn)
-
-    def close(self) -> None:
-        """Wait until everything queued is written; raise the thread's error if any."""
-        self._queue.put(None)
-        self._thread.join()
-        self._raise()
-
-    def abandon(self) -> None:
-        """Stop after an error elsewhere: skip what is still queued and let the thread end."""
-        self._abandoned = True
-        self._queue.put(None)
-        self._thread.join()
 
 
 def check_writable(target: Path) -> None:

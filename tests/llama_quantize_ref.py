@@ -153,6 +153,8 @@ def quantize(inp: str | Path, out: str | Path, ftype: int, *, nthread: int = 1,
         p.prune_layers = arr
         keep.append(arr)
     _log.clear()
+    # take the log back every call: importing llama_cpp (other tests do) installs its own callback
+    so.llama_log_set(_collect, None)
     rc = so.llama_model_quantize(str(inp).encode(), str(out).encode(), ctypes.byref(p))
     return int(rc), "".join(_log)
 

@@ -23,7 +23,11 @@ from .source import Source, open_source
 from .writer import ShardWriter, TensorInfo, atomic_outputs
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
-SLAB_BYTES = 64 << 20  # float32 rows converted per slab: bounds memory for huge tensors
+# Float32 rows handled per slab. Small enough that the slab stays in cache between the NaN/Inf
+# check and the kernel, and that memory stays near one slab (its input pages are dropped once it
+# is quantized): 4 MiB against 64 MiB measured Q8_0 of a 308 M-weight model 2.70 -> 1.95 s and
+# peak RSS 228 -> 176 MB; 1-8 MiB are alike, K-quants do not care.
+SLAB_BYTES = 4 << 20
 
 
 @dataclass

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def logits(path: Path, prompt: str) -> tuple[list[int], np.ndarray]:
     """Token ids and logits from llama.cpp, in a child process: one llama.cpp context per
     process keeps it clear of the llama_model_quantize handle the tests also load."""
     _llama_cpp()
-    out = path.with_suffix(".logits.npy")
+    out = Path(tempfile.mkdtemp(prefix="pyquantize-logits-")) / "logits.npy"  # never beside the model
     done = subprocess.run([sys.executable, "-c", LOGITS, str(path), prompt, str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -61,8 +61,6 @@ SYNTHETIC = {
               "--outliers"],
 }
 DEFAULT_TYPES = "F16,Q8_0,Q4_0,Q4_K_M,Q6_K,IQ4_XS"
-# llama-quantize refuses these without an importance matrix; the bench gives both tools the same one.
-NEED_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"}
 TARGET_RATIO = {1: 1.0, 2: 0.8}
 TARGET_HELP_S = 0.5
 TARGET_TINY_S = 1.5
@@ -214,6 +212,21 @@ def random_imatrix(model: Path, out: Path) -> Path:
                 collector.stats[t.name] = Stats(values, np.array([512], dtype=np.int64))
     save_imatrix(out, collector)
     return out
+
+
+def needs_imatrix(path: Path, ftype_name: str) -> bool:
+    """Whether llama-quantize refuses this conversion without an importance matrix (the plan knows
+    which tensors require one); the bench then gives both tools the same random one."""
+    from quantize_cli.errors import PyquantizeError
+    from quantize_cli.plan import FILE_TYPES, QuantizeOptions, make_plan
+    from quantize_cli.source import open_source
+
+    with open_source(path) as source:
+        try:
+            plan = make_plan(source, QuantizeOptions(ftype=FILE_TYPES[ftype_name][0]), None)
+        except PyquantizeError:
+            return False  # the run itself fails and the table says why
+    return any(tp.requires_imatrix for tp in plan.tensors)
 
 
 def file_types(spec: str) -> list[str]:
@@ -380,12 +393,13 @@ def main(argv=None) -> int:
         for model in models:
             imatrix = None
             for ftype in types:
-                if ftype in NEED_IMATRIX and imatrix is None:
+                with_imatrix = needs_imatrix(paths[model], ftype)
+                if with_imatrix and imatrix is None:
                     imatrix = random_imatrix(paths[model], CACHE / f"{paths[model].stem}.imatrix.gguf")
                 for n in threads:
                     try:
                         r = measure(ours, ref, model, paths[model], ftype, n, args.repeat, work,
-                                    imatrix if ftype in NEED_IMATRIX else None)
+                                    imatrix if with_imatrix else None)
                     except RunFailed as exc:
                         print(f"{model:<8} {ftype:<8} {n:>3} failed: {exc}", flush=True)
                         doc["rows"].append({"model": model, "type": ftype, "threads": n, "error": str(exc)})

@@ -167,9 +167,10 @@ def convert(
                 raise OutputError(f"{out}: output is the input file; choose another output name")
 
         t_compile = time.perf_counter()
-        kernels.set_threads(nthreads)
         todo = {tp.type for tp in plan.tensors if tp.quantize} | {tp.ref.type for tp in plan.tensors if tp.quantize and tp.ref.type != T.F32}
-        kernels.warmup(sorted(todo), with_imatrix=imatrix is not None)
+        if todo:  # a plain copy (COPY, F32 -> F32) needs no kernel, so Numba is not even imported
+            kernels.set_threads(nthreads)
+            kernels.warmup(sorted(todo), with_imatrix=imatrix is not None)
         compile_seconds = time.perf_counter() - t_compile
 
         if progress:

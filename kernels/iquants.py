@@ -28,6 +28,7 @@ from . import Kernel
 from .iq_tables import ksigns as _ksigns_table
 from .iq_tables import tables
 from .solvers import fp16_to_fp32_fast as fp16_to_fp32
+from .solvers import make_qp_quants
 from .solvers import fp32_to_fp16_fast as fp32_to_fp16
 from .solvers import nearest_int_fast as nearest_int
 
@@ -283,69 +284,6 @@ def _grid_index(L, lo, n, bits, kmap):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
-def _make_qp_quants(n, nmax, x, L, quant_weights):
-    """make_qp_quants, as IQ2_XXS calls it: x may hold one negative value per 8, so levels can be
-    negative; L is the C's uint8_t array (a negative level wraps) while the sums use the int level."""
-    max_ = _ZERO
-    for i in range(n):
-        max_ = max_ if max_ > x[i] else x[i]
-    if max_ < GROUP_MAX_EPS:  # all zero
-        for i in range(n):
-            L[i] = 0
-        return _ZERO
-    fnmax = f32(nmax)
-    iscale = fnmax / max_
-    for i in range(n):
-        L[i] = nearest_int(iscale * x[i]) & 0xFF
-    scale = _ONE / iscale
-    best_mse = _ZERO
-    for i in range(n):
-        diff = x[i] - scale * f32(L[i])
-        best_mse += quant_weights[i] * diff * diff
-    for is_ in range(-4, 5):
-        if is_ == 0:
-            continue
-        iscale_is = (_TENTH * f32(is_) + fnmax) / max_
-        scale_is = _ONE / iscale_is
-        mse = _ZERO
-        for i in range(n):
-            l = min(nmax, nearest_int(iscale_is * x[i]))
-            diff = x[i] - scale_is * f32(l)
-            mse += quant_weights[i] * diff * diff
-        if mse < best_mse:
-            best_mse = mse
-            iscale = iscale_is
-    sumlx = _ZERO
-    suml2 = _ZERO
-    for i in range(n):
-        l = min(nmax, nearest_int(iscale * x[i]))
-        L[i] = l & 0xFF
-        w = quant_weights[i]
-        sumlx += w * x[i] * f32(l)
-        suml2 += w * f32(l) * f32(l)
-    for itry in range(5):
-        n_changed = 0
-        for i in range(n):
-            w = quant_weights[i]
-            fl = f32(L[i])
-            slx = sumlx - w * x[i] * fl
-            sl2 = suml2 - w * fl * fl
-            if slx > _ZERO and sl2 > _ZERO:
-                new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
-                if new_l != L[i]:
-                    slx += w * x[i] * f32(new_l)
-                    sl2 += w * f32(new_l) * f32(new_l)
-                    if slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l & 0xFF
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if n_changed == 0:
-            break
-    return sumlx / suml2 if suml2 > _ZERO else _ZERO
-
-
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _scale_nibble(id_, scale):
     l = np.int64(nearest_int(_HALF * (id_ * scale - _ONE)))
     return max(np.int64(0), min(np.int64(15), l))
@@ -385,7 +323,7 @@ def _iq2_xxs_row(x, qw, y, levels, kmap, kneighbors):
             if _group_max(xval, 32) < GROUP_MAX_EPS:
                 scales[ib] = _ZERO
                 continue
-            scale = _make_qp_quants(32, kMaxQ + 1, xval, Lqp, weight)
+            scale = make_qp_quants(32, kMaxQ + 1, xval, Lqp, weight)
             for i in range(32):
                 L[i] = ((Lqp[i] + 128) & 0xFF) - 128  # the C reuses L (int8_t) as make_qp_quants' uint8_t output
             eff_max = scale * f32(kMaxQ)

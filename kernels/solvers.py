@@ -369,8 +369,9 @@ def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad,
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def make_qp_quants(n, nmax, x, L, quant_weights):
-    """make_qp_quants: non-negative scale search for the sub-block scales/mins of K-quants.
-    L is uint8 (a negative level wraps, as in the C)."""
+    """make_qp_quants: scale search for K-quant sub-block scales/mins and IQ2_XXS group scales.
+    L is the C's uint8_t array (a negative level wraps) while the first sums use the int level,
+    as the C does; the two differ only for negative inputs (IQ2_XXS has one per 8)."""
     max_ = _ZERO
     for i in range(n):
         max_ = max_ if max_ > x[i] else x[i]  # C's MAX macro
@@ -410,7 +411,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         l = min(nmax, l)
         L[i] = _u8(l)
         w = quant_weights[i]
-        fl = f32(L[i])
+        fl = f32(l)
         sumlx += w * x[i] * fl
         suml2 += w * fl * fl
     for itry in range(5):

@@ -22,6 +22,8 @@ from typing import Callable, Optional
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from . import gguf_compat  # noqa: F401  (names ggml types newer than gguf: Q2_0)
+
 QuantizeFn = Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]
 DequantizeFn = Callable[[np.ndarray, int], np.ndarray]
 

@@ -3,8 +3,8 @@ block, as ggml's quantize_row_q1_0_ref / quantize_row_q2_0_ref and dequantize_ro
 dequantize_row_q2_0 (ggml types 41 and 42). With an imatrix ggml runs the same code row by row, so
 the imatrix changes nothing.
 
-gguf 0.19.0 names Q1_0 but not Q2_0, and the registry is keyed by gguf's enum: Q2_0 registers
-itself only once gguf knows it with ggml's block size (64 weights, 18 bytes).
+gguf 0.19.0 names Q1_0 but not Q2_0; kernels/gguf_compat.py adds it to gguf's enum. Q2_0 registers
+only when that member is ggml's type 42 with ggml's block size (64 weights, 18 bytes).
 """
 
 import numpy as np

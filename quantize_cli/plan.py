@@ -24,20 +24,20 @@ from typing import Iterable, Mapping
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType
 
+import kernels.gguf_compat  # noqa: F401  (names ggml types newer than gguf: Q2_0)
+
 from .errors import PlanError
 from .source import KV, Source, TensorRef
 
 GGML_QNT_VERSION = 2
 FTYPE_GUESSED = 1024  # LLAMA_FTYPE_GUESSED: set on a file type guessed from the tensor types
 
-# ggml types newer than the installed gguf package may be missing from its enum.
-Q2_0: T | None = getattr(T, "Q2_0", None)
-_EXTRA_SIZES = {42: (64, 18)}  # GGML_TYPE_Q2_0: 64 weights per 18-byte block
+Q2_0: T | None = getattr(T, "Q2_0", None)  # None only if a future gguf gives the name to another value
 
 
 def type_sizes(qtype: T) -> tuple[int, int]:
     """(block size, bytes per block) of a ggml type."""
-    sizes = GGML_QUANT_SIZES.get(qtype) or _EXTRA_SIZES.get(int(qtype))
+    sizes = GGML_QUANT_SIZES.get(qtype)
     if sizes is None:
         raise PlanError(f"ggml type {int(qtype)} has no known block size")
     return sizes

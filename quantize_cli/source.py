@@ -18,6 +18,8 @@ from typing import Any, Callable
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+import kernels.gguf_compat  # noqa: F401  (names ggml types newer than gguf: Q2_0)
+
 from .errors import SourceError
 
 GGUF_MAGIC = b"GGUF"

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import ggml_ref  # noqa: E402
+import kernels.gguf_compat  # noqa: E402,F401  (Q2_0)
 from cases import CASES, IMATRIX_KINDS, make_imatrix, make_rows  # noqa: E402
 
 SEED = 20261127

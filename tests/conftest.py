@@ -6,6 +6,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import ggml_ref  # noqa: E402
+import kernels.gguf_compat  # noqa: E402,F401  (gguf's enum names Q2_0 before any test module enumerates it)
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,7 @@ def test_file_identical_with_imatrix(ggml, tmp_path, models, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
-@pytest.mark.parametrize("name", [n for n in FILE_TYPES if n not in ("Q2_0",)])
+@pytest.mark.parametrize("name", list(FILE_TYPES))
 @pytest.mark.parametrize("model", ["stories260K", "llama-f32", "llama-f16", "llama-bf16", "llama-gqa1-f32"])
 def test_file_identical_full(ggml, tmp_path, models, model, name, with_imatrix):
     imatrix = None

@@ -105,27 +105,68 @@ def _chunk_bounds(c, nchunks, nrows):
 # Q4_0: 32 weights per 18-byte block (d: fp16; qs: 16, low nibble j, high nibble j+16).
 # quantize_row_q4_0_ref / quantize_row_q4_0_impl / dequantize_row_q4_0
 
+_ABS_MASK = np.uint32(0x7FFFFFFF)
+_SIGN_BIT = np.uint32(0x80000000)
+_NOT_FINITE = np.uint32(0x7F800000)  # |bits| at or above this: Inf or NaN
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
+def _signed_absmax_scan(xs):
+    """quantize_row_q4_0_ref's scan over one block as the C writes it: the first value of largest
+    magnitude (`if (amax < fabsf(v))`), 0 when every value is zero."""
+    amax = _ZERO
+    max_ = _ZERO
+    for j in range(QK):
+        v = xs[j]
+        if amax < abs(v):
+            amax = abs(v)
+            max_ = v
+    return max_
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _signed_absmax(xs, xbs):
+    """The same value from two unsigned max reductions over the block's bits `xbs` (they
+    vectorize; the float compare chain does not): the largest magnitude among non-negative
+    values and among negative ones. For finite floats the order of |bits| is the order of
+    |value|, so the larger of the two is the C's amax, with its sign. Equal magnitudes of both
+    signs (then which came first decides), Inf and NaN take the C scan."""
+    pos = np.uint32(0)
+    neg = np.uint32(0)
+    for j in range(QK):
+        b = xbs[j]
+        m = b & _ABS_MASK
+        is_neg = b >= _SIGN_BIT
+        pos = max(pos, np.uint32(0) if is_neg else m)
+        neg = max(neg, m if is_neg else np.uint32(0))
+    if pos >= _NOT_FINITE or neg >= _NOT_FINITE or (pos == neg and pos != 0):
+        return _signed_absmax_scan(xs)
+    if pos > neg:
+        return np.uint32(pos).view(np.float32)  # the bits of that value itself
+    if neg > pos:
+        return np.uint32(neg | _SIGN_BIT).view(np.float32)
+    return _ZERO  # all zeros (of either sign): the C keeps its initial 0.0f
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def quantize_row_q4_0_ref(x, y):
+    # Blocks are taken as slices: indices known to be non-negative let LLVM vectorize the loops
+    # (x[a + j] with a signed a carries Python's negative-index wraparound, which it cannot).
     nb = x.size // QK
+    xb = x.view(np.uint32)
     for i in range(nb):
-        amax = _ZERO
-        max_ = _ZERO
-        for j in range(QK):
-            v = x[i * QK + j]
-            if amax < abs(v):
-                amax = abs(v)
-                max_ = v
+        xs = x[i * QK:(i + 1) * QK]
+        max_ = _signed_absmax(xs, xb[i * QK:(i + 1) * QK])
         d = max_ / f32(-8)
         id_ = _ONE / d if d != 0 else _ZERO
-        o = i * 18
-        _put_fp16(y, o, d)
+        ys = y[i * 18:(i + 1) * 18]
+        _put_fp16(ys, 0, d)
         for j in range(QK // 2):
-            x0 = x[i * QK + j] * id_
-            x1 = x[i * QK + QK // 2 + j] * id_
+            x0 = xs[j] * id_
+            x1 = xs[QK // 2 + j] * id_
             xi0 = min(15, _int8(x0 + f32(8.5))) & 0xFF  # MIN(15, (int8_t)(x0 + 8.5f)) stored as uint8_t
             xi1 = min(15, _int8(x1 + f32(8.5))) & 0xFF
-            y[o + 2 + j] = (xi0 | (xi1 << 4)) & 0xFF
+            ys[2 + j] = (xi0 | (xi1 << 4)) & 0xFF
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -181,7 +222,7 @@ def _dequantize_q4_0(blob, n):
 # Q4_1: 32 weights per 20-byte block (d, m: fp16; qs: 16, low nibble j, high nibble j+16).
 # quantize_row_q4_1_ref / quantize_row_q4_1_impl / dequantize_row_q4_1
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def quantize_row_q4_1_ref(x, y):
     nb = x.size // QK
     for i in range(nb):
@@ -262,31 +303,27 @@ def _dequantize_q4_1(blob, n):
 # Q5_0: 32 weights per 22-byte block (d: fp16; qh: u32, bit j = 5th bit of weight j; qs: 16).
 # quantize_row_q5_0_ref / quantize_row_q5_0_impl / dequantize_row_q5_0
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def quantize_row_q5_0_ref(x, y):
     nb = x.size // QK
+    xb = x.view(np.uint32)
     for i in range(nb):
-        amax = _ZERO
-        max_ = _ZERO
-        for j in range(QK):
-            v = x[i * QK + j]
-            if amax < abs(v):
-                amax = abs(v)
-                max_ = v
+        xs = x[i * QK:(i + 1) * QK]
+        max_ = _signed_absmax(xs, xb[i * QK:(i + 1) * QK])
         d = max_ / f32(-16)
         id_ = _ONE / d if d != 0 else _ZERO
-        o = i * 22
-        _put_fp16(y, o, d)
+        ys = y[i * 22:(i + 1) * 22]
+        _put_fp16(ys, 0, d)
         qh = 0
         for j in range(QK // 2):
-            x0 = x[i * QK + j] * id_
-            x1 = x[i * QK + QK // 2 + j] * id_
+            x0 = xs[j] * id_
+            x1 = xs[QK // 2 + j] * id_
             xi0 = min(31, _int8(x0 + f32(16.5))) & 0xFF
             xi1 = min(31, _int8(x1 + f32(16.5))) & 0xFF
-            y[o + 6 + j] = ((xi0 & 0x0F) | ((xi1 & 0x0F) << 4)) & 0xFF
+            ys[6 + j] = ((xi0 & 0x0F) | ((xi1 & 0x0F) << 4)) & 0xFF
             qh |= ((xi0 & 0x10) >> 4) << j
             qh |= ((xi1 & 0x10) >> 4) << (j + QK // 2)
-        _put_u32(y, o + 2, qh)
+        _put_u32(ys, 2, qh)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -351,7 +388,7 @@ def _dequantize_q5_0(blob, n):
 # Q5_1: 32 weights per 24-byte block (d, m: fp16; qh: u32, bit j = 5th bit of weight j; qs: 16).
 # quantize_row_q5_1_ref / quantize_row_q5_1_impl / dequantize_row_q5_1
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def quantize_row_q5_1_ref(x, y):
     nb = x.size // QK
     for i in range(nb):
@@ -446,19 +483,33 @@ def _dequantize_q5_1(blob, n):
 # imatrix is ignored: quantize_q8_0 always runs the ref path) / dequantize_row_q8_0
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _absmax_scan(xs):
+    amax = _ZERO
+    for j in range(QK):
+        av = abs(xs[j])
+        amax = amax if amax > av else av  # MAX(amax, fabsf(v))
+    return amax
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def quantize_row_q8_0_ref(x, y):
     nb = x.size // QK
+    xb = x.view(np.uint32)
     for i in range(nb):
-        amax = _ZERO
+        xs = x[i * QK:(i + 1) * QK]
+        xbs = xb[i * QK:(i + 1) * QK]
+        # amax as an unsigned max over |bits| (vectorizes; equal to the C's MAX chain for finite
+        # values); a block with Inf or NaN takes the C's chain, whose NaN result depends on order
+        m = np.uint32(0)
         for j in range(QK):
-            av = abs(x[i * QK + j])
-            amax = amax if amax > av else av  # MAX(amax, fabsf(v))
+            m = max(m, xbs[j] & _ABS_MASK)
+        amax = np.uint32(m).view(np.float32) if m < _NOT_FINITE else _absmax_scan(xs)
         d = amax / f32(127)
         id_ = _ONE / d if d != 0 else _ZERO
-        o = i * 34
-        _put_fp16(y, o, d)
+        ys = y[i * 34:(i + 1) * 34]
+        _put_fp16(ys, 0, d)
         for j in range(QK):
-            y[o + 2 + j] = _byte(roundf(x[i * QK + j] * id_))
+            ys[2 + j] = _byte(roundf(xs[j] * id_))
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")

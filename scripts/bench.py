@@ -295,14 +295,22 @@ def measure_startup(ours: Ours, ref: Reference, repeat: int, work: Path) -> dict
     return doc
 
 
+def fresh(path: Path) -> Path:
+    path.unlink(missing_ok=True)
+    return path
+
+
 def measure(ours: Ours, ref: Reference, model: str, path: Path, ftype: str, threads: int, repeat: int,
             work: Path, imatrix: Path | None) -> dict:
     mine, theirs = [], []
     out_ours, out_ref = work / "ours.gguf", work / "ref.gguf"
     first = ours.convert(path, out_ours, ftype, threads, imatrix)  # untimed: compiles what the cache lacks
     for i in range(repeat):
-        pair = [lambda: mine.append(ours.convert(path, out_ours, ftype, threads, imatrix)),
-                lambda: theirs.append(ref.convert(path, out_ref, ftype, threads, imatrix))]
+        # each run writes a new file, as a pipeline converting a checkpoint does: overwriting one
+        # makes ext4 (auto_da_alloc) flush the new data early, at our rename or at llama-quantize's
+        # close of the truncated file, a cost of the previous run's leftovers, not of the tool
+        pair = [lambda: mine.append(ours.convert(path, fresh(out_ours), ftype, threads, imatrix)),
+                lambda: theirs.append(ref.convert(path, fresh(out_ref), ftype, threads, imatrix))]
         for f in pair if i % 2 == 0 else pair[::-1]:
             f()
     identical = same_bytes(out_ours, out_ref)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CASES = ("normal", "outliers", "zeros", "constant", "tiny", "huge", "negative", "mixed_rows")
+CASES = ("normal", "outliers", "zeros", "constant", "tiny", "huge", "negative", "mixed_rows", "ties")
 
 
 def make_rows(case: str, nrows: int, n_per_row: int, rng: np.random.Generator) -> np.ndarray:
@@ -26,6 +26,12 @@ def make_rows(case: str, nrows: int, n_per_row: int, rng: np.random.Generator) -
         x = rng.standard_normal(shape) * 1e4
     elif case == "negative":
         x = -np.abs(rng.standard_normal(shape))
+    elif case == "ties":
+        # few distinct magnitudes, both signs, signed zeros: blocks whose largest magnitude comes
+        # with both signs (the first one decides in Q4_0/Q5_0), and all-zero blocks of -0.0
+        x = rng.choice(np.array([0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0]), size=shape)
+        x[rng.random(nrows) < 0.1] = -0.0
+        x *= np.float32(rng.choice([1.0, 3e-39, 1e-20, 7.0]))
     elif case == "mixed_rows":
         # every row a different character: a zero row, a constant row, sparse rows, uniform rows
         x = rng.uniform(-1, 1, shape)

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-from . import gguf_compat  # noqa: F401  (names ggml types newer than gguf: Q2_0)
+from .gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType
 
 QuantizeFn = Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]
 DequantizeFn = Callable[[np.ndarray, int], np.ndarray]

@@ -2,10 +2,10 @@
 ggml_fp32_to_bf16_row, and back)."""
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
+from .gguf_compat import GGMLQuantizationType as T
 from .common import fp16_to_fp32, fp32_to_bf16, fp32_to_fp16
 
 

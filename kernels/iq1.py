@@ -7,10 +7,10 @@ the grid, the nearest grid points in the C's order), which decide the neighbour 
 """
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel, iq_tables
+from .gguf_compat import GGMLQuantizationType as T
 from .common import fp16_to_fp32, fp32_to_fp16, nearest_int
 
 f32 = np.float32

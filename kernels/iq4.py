@@ -8,11 +8,11 @@ table gives the same arithmetic.
 """
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from gguf.quants import IQ4_NL as _GGUF_IQ4_NL
 from numba import njit, prange
 
 from . import Kernel
+from .gguf_compat import GGMLQuantizationType as T
 from .common import fp16_to_fp32, fp32_to_fp16, nearest_int
 
 f32 = np.float32

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
+
+from .gguf_compat import GGMLQuantizationType as T
 
 # llama.cpp's parameters per type: (bits per level in the packed word, kmap_size, nwant).
 # iq2xs_init_impl: kmap_size 43692; nwant 3 for IQ1_S/IQ1_M, 1 for IQ2_S, else 2.

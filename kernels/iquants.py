@@ -21,10 +21,10 @@ evaluated with the C's operations in the C's order, so every sum and every compa
 from collections import namedtuple
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
+from .gguf_compat import GGMLQuantizationType as T
 from .iq_tables import ksigns as _ksigns_table
 from .iq_tables import tables
 from .solvers import fp16_to_fp32_fast as fp16_to_fp32

@@ -10,10 +10,10 @@ The fp16 super-block scales are rounded before the quants are computed from them
 """
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
+from .gguf_compat import GGMLQuantizationType as T
 from .solvers import (
     GROUP_MAX_EPS,
     fp16_to_fp32_fast,

@@ -9,10 +9,10 @@ y[i*bs:(i+1)*bs] of the row, fields little-endian in the order of ggml-common.h.
 """
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
+from .gguf_compat import GGMLQuantizationType as T
 from .common import roundf
 from .solvers import fp16_to_fp32_fast, fp32_to_fp16_fast, make_qkx3_quants, make_qx_quants, solver_scratch
 

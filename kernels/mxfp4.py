@@ -9,11 +9,11 @@ scale decoders return half the scale. Scale decoding is a 256-entry table of exa
 import math
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from gguf.quants import MXFP4 as _GGUF_MXFP4
 from numba import njit, prange
 
 from . import Kernel
+from .gguf_compat import GGMLQuantizationType as T
 
 f32 = np.float32
 

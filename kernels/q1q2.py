@@ -8,11 +8,10 @@ only when that member is ggml's type 42 with ggml's block size (64 weights, 18 b
 """
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES
-from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
+from .gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from .common import fp16_to_fp32, fp32_to_fp16, roundf
 
 f32 = np.float32

@@ -3,10 +3,10 @@ TriLMs), as ggml's quantize_row_tq1_0_ref / quantize_row_tq2_0_ref and dequantiz
 dequantize_row_tq2_0. ggml ignores the imatrix for both."""
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 from numba import njit, prange
 
 from . import Kernel
+from .gguf_compat import GGMLQuantizationType as T
 from .common import fp16_to_fp32, fp32_to_fp16, roundf
 
 f32 = np.float32

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
+from kernels.gguf_compat import GGMLQuantizationType as T
 
 import kernels
 

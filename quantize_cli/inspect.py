@@ -9,7 +9,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType
+from kernels.gguf_compat import GGUFValueType
 
 from .source import GGUFFileSource, open_source
 

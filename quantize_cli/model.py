@@ -106,7 +106,7 @@ def _open_gguf(path: Path):
 
     Our own one-pass reader rather than quantize_cli.source: that one goes through the gguf
     package's reader, which takes seconds on a large vocabulary; here nothing else is needed."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from kernels.gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType
 
     from .source import TensorRef, split_paths
     from .tokenizer import TokenizerError, read_gguf
@@ -142,7 +142,7 @@ def _open_gguf(path: Path):
 
 def _dequantize(ref) -> np.ndarray:
     """A tensor as float32 (ne1, ne0) (or its own shape for 1-D), from any stored type."""
-    from gguf import GGMLQuantizationType as T
+    from kernels.gguf_compat import GGMLQuantizationType as T
 
     blob = ref.load()
     n_per_row = int(ref.ne[0])

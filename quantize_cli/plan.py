@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType
-
-import kernels.gguf_compat  # noqa: F401  (names ggml types newer than gguf: Q2_0)
+from kernels.gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType
 
 from .errors import PlanError
 from .source import KV, Source, TensorRef

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-
-import kernels.gguf_compat  # noqa: F401  (names ggml types newer than gguf: Q2_0)
+from kernels.gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import SourceError
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from gguf import GGUFValueType
+from kernels.gguf_compat import GGUFValueType
 
 from .errors import OutputError
 from .source import KV

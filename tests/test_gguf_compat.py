@@ -45,3 +45,22 @@ def test_fresh_interpreter_reader_first():
             "print(T(42).name)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "Q2_0"
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_light_constants_then_full_package_share_one_enum():
+    """The planner's path loads gguf.constants alone (no reader, vocab, yaml); a later full import
+    of gguf reuses that module, so enum members stay one object, Q2_0 included."""
+    out = _run("import sys, quantize_cli.convert, kernels.gguf_compat as c;"
+               "print(sorted(m for m in sys.modules if m.startswith('gguf')));"
+               "import gguf; print(gguf.GGMLQuantizationType is c.GGMLQuantizationType, gguf.GGMLQuantizationType(42).name)")
+    assert out.splitlines() == ["['gguf.constants']", "True Q2_0"]
+
+
+def test_full_package_first():
+    out = _run("import gguf, kernels; from kernels.gguf_compat import GGMLQuantizationType as T;"
+               "print(T is gguf.GGMLQuantizationType, T(42).name, kernels.get(T.Q2_0).name)")
+    assert out == "True Q2_0 Q2_0"

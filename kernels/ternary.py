@@ -31,12 +31,28 @@ def _trit(v):
     return np.int32(roundf(v)) + 1
 
 
+_ABS_MASK = np.uint32(0x7FFFFFFF)
+_NOT_FINITE = np.uint32(0x7F800000)  # |bits| at or above this: Inf or NaN
+
+
 @njit(cache=True, nogil=True)
-def _amax_id(x, a):
+def _amax_scan(xs):
     amax = _ZERO
     for j in range(QK_K):
-        v = abs(x[a + j])
+        v = abs(xs[j])
         amax = amax if amax > v else v  # MAX(amax, fabsf(v))
+    return amax
+
+
+@njit(cache=True, nogil=True)
+def _amax_id(xs, xbs):
+    """amax of one block (`xs`, its bits `xbs`) and 1/amax. For finite values the C's MAX chain is
+    the largest |bits| read as a float: an unsigned max that vectorizes. Inf or NaN take the chain
+    itself (its NaN result depends on the order)."""
+    m = np.uint32(0)
+    for j in range(QK_K):
+        m = max(m, xbs[j] & _ABS_MASK)
+    amax = np.uint32(m).view(np.float32) if m < _NOT_FINITE else _amax_scan(xs)
     id = _ONE / amax if amax != _ZERO else _ZERO
     return amax, id
 
@@ -54,36 +70,38 @@ def _quantize_tq1_0_rows(x):
     nrows, n_per_row = x.shape
     nb = n_per_row // QK_K
     y = np.zeros((nrows, nb * TQ1_BYTES), dtype=np.uint8)
+    # blocks as slices: non-negative indices keep LLVM free to vectorize (x[a + j] with a signed a
+    # carries negative-index wraparound)
     for r in prange(nrows):
         xr = x[r]
+        xb = xr.view(np.uint32)
+        yr = y[r]
         for i in range(nb):
-            a = i * QK_K
-            b = i * TQ1_BYTES
-            d, id = _amax_id(xr, a)
+            xs = xr[i * QK_K:(i + 1) * QK_K]
+            ys = yr[i * TQ1_BYTES:(i + 1) * TQ1_BYTES]
+            d, id = _amax_id(xs, xb[i * QK_K:(i + 1) * QK_K])
             dh = fp32_to_fp16(d)
-            y[r, b + 52] = dh & 0xFF
-            y[r, b + 53] = dh >> 8
+            ys[52] = dh & 0xFF
+            ys[53] = dh >> 8
             # qs[0:32]: five trits each, from x[m + n*32]
             for m in range(32):
                 q = 0
                 for n in range(5):
-                    q = (q * 3 + _trit(xr[a + m + n * 32] * id)) & 0xFF
-                y[r, b + m] = _pack5(q)
-            a += 160
-            # qs[32:48]: five trits each, from x[m + n*16]
+                    q = (q * 3 + _trit(xs[m + n * 32] * id)) & 0xFF
+                ys[m] = _pack5(q)
+            # qs[32:48]: five trits each, from x[160 + m + n*16]
             for m in range(16):
                 q = 0
                 for n in range(5):
-                    q = (q * 3 + _trit(xr[a + m + n * 16] * id)) & 0xFF
-                y[r, b + 32 + m] = _pack5(q)
-            a += 80
-            # qh[0:4]: four trits each, from x[j + m*4], then shifted to the top trit
+                    q = (q * 3 + _trit(xs[160 + m + n * 16] * id)) & 0xFF
+                ys[32 + m] = _pack5(q)
+            # qh[0:4]: four trits each, from x[240 + j + m*4], then shifted to the top trit
             for j in range(4):
                 q = 0
                 for m in range(4):
-                    q = (q * 3 + _trit(xr[a + j + m * 4] * id)) & 0xFF
+                    q = (q * 3 + _trit(xs[240 + j + m * 4] * id)) & 0xFF
                 q = (q * 3) & 0xFF
-                y[r, b + 48 + j] = _pack5(q)
+                ys[48 + j] = _pack5(q)
     return y
 
 
@@ -133,20 +151,21 @@ def _quantize_tq2_0_rows(x):
     y = np.zeros((nrows, nb * TQ2_BYTES), dtype=np.uint8)
     for r in prange(nrows):
         xr = x[r]
+        xb = xr.view(np.uint32)
+        yr = y[r]
         for i in range(nb):
-            a = i * QK_K
-            b = i * TQ2_BYTES
-            d, id = _amax_id(xr, a)
+            xs = xr[i * QK_K:(i + 1) * QK_K]
+            ys = yr[i * TQ2_BYTES:(i + 1) * TQ2_BYTES]
+            d, id = _amax_id(xs, xb[i * QK_K:(i + 1) * QK_K])
             dh = fp32_to_fp16(d)
-            y[r, b + 64] = dh & 0xFF
-            y[r, b + 65] = dh >> 8
+            ys[64] = dh & 0xFF
+            ys[65] = dh >> 8
             for j in range(0, 64, 32):
                 for m in range(32):
                     q = 0
                     for n in range(4):
-                        q += (_trit(xr[a + m + n * 32] * id) & 3) << (2 * n)
-                    y[r, b + j + m] = q
-                a += 128
+                        q += (_trit(xs[4 * j + m + n * 32] * id) & 3) << (2 * n)
+                    ys[j + m] = q
     return y
 
 

@@ -39,9 +39,17 @@ def tool(name: str) -> Path:
 def llama_imatrix(model: Path, text: Path, out: Path, *extra: str) -> list[float]:
     cmd = [str(tool("llama-imatrix")), "-m", str(model), "-f", str(text), "-o", str(out), "-c", "512",
            "-t", "1", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", proc.stdout + proc.stderr)]
+    # llama.cpp logs from a worker thread; once in a full test run (not reproduced in 25 runs
+    # under load) its log lacked the last chunk's perplexity. A log with every chunk is complete;
+    # otherwise run it again.
+    expected = int(extra[extra.index("--chunks") + 1]) if "--chunks" in extra else None
+    for _ in range(3):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ppl = [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", proc.stdout + proc.stderr)]
+        if expected is None or len(ppl) >= expected:
+            break
+    return ppl
 
 
 PLAIN = ("-ctk", "f32", "-ctv", "f32", "-fa", "off")

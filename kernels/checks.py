@@ -9,8 +9,7 @@ it is also the first touch of a freshly mapped slab, so its page faults are spli
 import numpy as np
 from numba import njit, prange
 
-_ABS_MASK = np.uint32(0x7FFFFFFF)
-_EXP_ALL_ONES = np.uint32(0x7F800000)
+from .common import ABS_MASK, NOT_FINITE
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -20,8 +19,8 @@ def _nonfinite_rows(bits):
     for r in prange(nrows):
         m = np.uint32(0)
         for j in range(n):
-            m = max(m, bits[r, j] & _ABS_MASK)
-        bad[r] = m >= _EXP_ALL_ONES
+            m = max(m, bits[r, j] & ABS_MASK)
+        bad[r] = m >= NOT_FINITE
     return bad
 
 

@@ -85,3 +85,19 @@ def roundf(x):
     if a - t >= _HALF:  # exact in float32: a - floor(a) needs no rounding
         t = t + np.float32(1.0)
     return t if x >= 0 else -t
+
+
+# float32 bit patterns: |bits| is bits & ABS_MASK; at or above NOT_FINITE the value is Inf or NaN
+ABS_MASK = np.uint32(0x7FFFFFFF)
+NOT_FINITE = np.uint32(0x7F800000)
+
+
+@njit(cache=True, nogil=True)
+def absmax_scan(xs):
+    """amax = MAX(amax, fabsf(x)) over a block in C order: the slow path of the kernels' unsigned-max
+    amax, for blocks holding Inf or NaN (where the C's result depends on the order)."""
+    amax = f32(0.0)
+    for j in range(xs.size):
+        v = abs(xs[j])
+        amax = amax if amax > v else v
+    return amax

@@ -46,9 +46,6 @@ _constants = _load_constants()
 GGMLQuantizationType = _constants.GGMLQuantizationType
 GGML_QUANT_SIZES = _constants.GGML_QUANT_SIZES
 GGUFValueType = _constants.GGUFValueType
-LlamaFileType = _constants.LlamaFileType
-TokenType = _constants.TokenType
-QK_K = _constants.QK_K
 
 # (name, ggml type value, (weights per block, bytes per block)), from ggml.h / ggml.c type_traits
 MISSING_TYPES = (

@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from . import Kernel
 from .gguf_compat import GGMLQuantizationType as T
-from .common import roundf
+from .common import ABS_MASK, NOT_FINITE, absmax_scan, roundf
 from .solvers import fp16_to_fp32_fast, fp32_to_fp16_fast, make_qkx3_quants, make_qx_quants, solver_scratch
 
 f32 = np.float32
@@ -105,9 +105,7 @@ def _chunk_bounds(c, nchunks, nrows):
 # Q4_0: 32 weights per 18-byte block (d: fp16; qs: 16, low nibble j, high nibble j+16).
 # quantize_row_q4_0_ref / quantize_row_q4_0_impl / dequantize_row_q4_0
 
-_ABS_MASK = np.uint32(0x7FFFFFFF)
 _SIGN_BIT = np.uint32(0x80000000)
-_NOT_FINITE = np.uint32(0x7F800000)  # |bits| at or above this: Inf or NaN
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -135,11 +133,11 @@ def _signed_absmax(xs, xbs):
     neg = np.uint32(0)
     for j in range(QK):
         b = xbs[j]
-        m = b & _ABS_MASK
+        m = b & ABS_MASK
         is_neg = b >= _SIGN_BIT
         pos = max(pos, np.uint32(0) if is_neg else m)
         neg = max(neg, m if is_neg else np.uint32(0))
-    if pos >= _NOT_FINITE or neg >= _NOT_FINITE or (pos == neg and pos != 0):
+    if pos >= NOT_FINITE or neg >= NOT_FINITE or (pos == neg and pos != 0):
         return _signed_absmax_scan(xs)
     if pos > neg:
         return np.uint32(pos).view(np.float32)  # the bits of that value itself
@@ -482,15 +480,6 @@ def _dequantize_q5_1(blob, n):
 # Q8_0: 32 weights per 34-byte block (d: fp16; qs: 32 int8). quantize_row_q8_0_ref (the
 # imatrix is ignored: quantize_q8_0 always runs the ref path) / dequantize_row_q8_0
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _absmax_scan(xs):
-    amax = _ZERO
-    for j in range(QK):
-        av = abs(xs[j])
-        amax = amax if amax > av else av  # MAX(amax, fabsf(v))
-    return amax
-
-
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def quantize_row_q8_0_ref(x, y):
     nb = x.size // QK
@@ -502,8 +491,8 @@ def quantize_row_q8_0_ref(x, y):
         # values); a block with Inf or NaN takes the C's chain, whose NaN result depends on order
         m = np.uint32(0)
         for j in range(QK):
-            m = max(m, xbs[j] & _ABS_MASK)
-        amax = np.uint32(m).view(np.float32) if m < _NOT_FINITE else _absmax_scan(xs)
+            m = max(m, xbs[j] & ABS_MASK)
+        amax = np.uint32(m).view(np.float32) if m < NOT_FINITE else absmax_scan(xs)
         d = amax / f32(127)
         id_ = _ONE / d if d != 0 else _ZERO
         ys = y[i * 34:(i + 1) * 34]

@@ -7,7 +7,7 @@ from numba import njit, prange
 
 from . import Kernel
 from .gguf_compat import GGMLQuantizationType as T
-from .common import fp16_to_fp32, fp32_to_fp16, roundf
+from .common import ABS_MASK, NOT_FINITE, absmax_scan, fp16_to_fp32, fp32_to_fp16, roundf
 
 f32 = np.float32
 
@@ -31,19 +31,6 @@ def _trit(v):
     return np.int32(roundf(v)) + 1
 
 
-_ABS_MASK = np.uint32(0x7FFFFFFF)
-_NOT_FINITE = np.uint32(0x7F800000)  # |bits| at or above this: Inf or NaN
-
-
-@njit(cache=True, nogil=True)
-def _amax_scan(xs):
-    amax = _ZERO
-    for j in range(QK_K):
-        v = abs(xs[j])
-        amax = amax if amax > v else v  # MAX(amax, fabsf(v))
-    return amax
-
-
 @njit(cache=True, nogil=True)
 def _amax_id(xs, xbs):
     """amax of one block (`xs`, its bits `xbs`) and 1/amax. For finite values the C's MAX chain is
@@ -51,8 +38,8 @@ def _amax_id(xs, xbs):
     itself (its NaN result depends on the order)."""
     m = np.uint32(0)
     for j in range(QK_K):
-        m = max(m, xbs[j] & _ABS_MASK)
-    amax = np.uint32(m).view(np.float32) if m < _NOT_FINITE else _amax_scan(xs)
+        m = max(m, xbs[j] & ABS_MASK)
+    amax = np.uint32(m).view(np.float32) if m < NOT_FINITE else absmax_scan(xs)
     id = _ONE / amax if amax != _ZERO else _ZERO
     return amax, id
 

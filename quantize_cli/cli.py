@@ -208,8 +208,8 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
 def _quiet_helper_threads() -> None:
     """Settings for a convert process, made before NumPy and Numba load (the user's own win).
     Numba's OpenMP workers sleep between slabs instead of spinning: on 2 cores a spinning worker
-    takes the core that the writer thread and the input checks need. OpenBLAS starts no threads
-    (convert does no matrix products)."""
+    takes the core the main thread needs for reading, writing and releasing pages. OpenBLAS starts
+    no threads (convert does no matrix products)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "numpy" not in sys.modules:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -31,6 +31,7 @@ libllama.so in a small Python wrapper process (its RSS and start-up then include
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -188,6 +189,7 @@ def model_path(name: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=None)
 def n_weights(path: Path) -> int:
     from quantize_cli.source import open_source
 
@@ -263,7 +265,7 @@ def median(xs):
 
 def measure_startup(ours: Ours, ref: Reference, repeat: int, work: Path) -> dict:
     doc = {}
-    python = run([sys.executable, "-c", "pass"], ours.env)  # untimed: also warms the OS caches
+    run([sys.executable, "-c", "pass"], ours.env)  # untimed: warms the OS caches
     for _ in range(2):
         ours.command("--help")
     doc["python_bare_s"] = median([run([sys.executable, "-c", "pass"], ours.env).seconds for _ in range(repeat)])
@@ -291,7 +293,6 @@ def measure_startup(ours: Ours, ref: Reference, repeat: int, work: Path) -> dict
             "same_bytes": same_bytes(work / "tiny-ours.gguf", work / "tiny-ref.gguf"),
         })
     doc["tiny_convert"] = tiny
-    del python
     return doc
 
 

@@ -39,16 +39,14 @@ def test_kernel_registered_and_round_trips():
     np.testing.assert_array_equal(kernels.dequantize(blob, T.Q2_0, 128), expect)
 
 
-def test_fresh_interpreter_reader_first():
-    """Reading a type-42 tensor needs no import order: the reader applies the shim itself."""
-    code = ("from quantize_cli.source import read_gguf_layout; from gguf import GGMLQuantizationType as T;"
-            "print(T(42).name)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "Q2_0"
-
-
 def _run(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_fresh_interpreter_reader_first():
+    """Reading a type-42 tensor needs no import order: the reader applies the shim itself."""
+    assert _run("from quantize_cli.source import read_gguf_layout; from gguf import GGMLQuantizationType as T;"
+                "print(T(42).name)") == "Q2_0"
 
 
 def test_light_constants_then_full_package_share_one_enum():

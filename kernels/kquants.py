@@ -75,22 +75,31 @@ def _pack_2bit(L, y, o):
                                  | (np.int64(L[j + l + 64]) << 4) | (np.int64(L[j + l + 96]) << 6)) & 0xFF
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _requantize(xb, mins, ds, L, lo, hi, off):
+    """The K-quants' last pass over a super-block, `l = nearest_int((x + m) / d); L = clamp(l) + off`
+    for every weight whose sub-block scale d is not zero (the C's `if (!d) continue;` keeps the
+    search's L there). ds/mins hold each weight's sub-block d and m (zero for the symmetric types:
+    x + 0 rounds to the same int). One 256-long loop rather than 16 short ones, so the divisions
+    vectorize: a short constant loop is unrolled first and then cannot be, as L may alias xb."""
+    for k in range(QK_K):
+        d = ds[k]
+        l = max(lo, min(hi, nearest_int_fast((xb[k] + mins[k]) / d))) + off
+        L[k] = l if d != _ZERO else L[k]
+
+
 # ---------------------------------------------------------------------------------------------
 # Q2_K: 256 weights per 84-byte block (scales: 16 x (4-bit scale | 4-bit min << 4); qs: 64;
 # d, dmin: fp16). Mirrors quantize_row_q2_K_ref / quantize_row_q2_K_impl / dequantize_row_q2_K.
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _q2_k_requantize(xb, y, o, L, dm, mm):
+def _q2_k_requantize(xb, y, o, L, dm, mm, ds, ms):
     for j in range(QK_K // 16):
         sc = np.int64(y[o + j])
-        d = dm * f32(sc & 0xF)
-        if d == _ZERO:
-            continue
-        m = mm * f32(sc >> 4)
-        for ii in range(16):
-            l = nearest_int_fast((xb[16 * j + ii] + m) / d)
-            L[16 * j + ii] = max(0, min(3, l))
+        ds[16 * j:16 * j + 16] = dm * f32(sc & 0xF)
+        ms[16 * j:16 * j + 16] = mm * f32(sc >> 4)
+    _requantize(xb, ms, ds, L, 0, 3, 0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -98,6 +107,8 @@ def _q2_k_row_ref(x, y):
     nb = x.shape[0] // QK_K
     sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)
+    ds = np.empty(QK_K, dtype=np.float32)
+    ms = np.empty(QK_K, dtype=np.float32)
     Laux = np.zeros(16, dtype=np.uint8)
     weights = np.empty(16, dtype=np.float32)
     mins = np.empty(QK_K // 16, dtype=np.float32)
@@ -135,7 +146,7 @@ def _q2_k_row_ref(x, y):
             hm = fp32_to_fp16_fast(max_min / _Q4SCALE)
         else:
             hm = fp32_to_fp16_fast(_ZERO)
-        _q2_k_requantize(xb, y, o, L, fp16_to_fp32_fast(hd), fp16_to_fp32_fast(hm))
+        _q2_k_requantize(xb, y, o, L, fp16_to_fp32_fast(hd), fp16_to_fp32_fast(hm), ds, ms)
         _pack_2bit(L, y, o + 16)
         _put_fp16(y, o + 80, hd)
         _put_fp16(y, o + 82, hm)
@@ -146,6 +157,8 @@ def _q2_k_row_impl(x, y, quant_weights):
     nb = x.shape[0] // QK_K
     sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)
+    ds = np.empty(QK_K, dtype=np.float32)
+    ms = np.empty(QK_K, dtype=np.float32)
     Laux = np.zeros(16, dtype=np.uint8)
     mins = np.empty(QK_K // 16, dtype=np.float32)
     scales = np.empty(QK_K // 16, dtype=np.float32)
@@ -178,7 +191,7 @@ def _q2_k_row_impl(x, y, quant_weights):
         hm = fp32_to_fp16_fast(mm)
         for j in range(QK_K // 16):
             y[o + j] = (np.int64(Ls[j]) | (np.int64(Lm[j]) << 4)) & 0xFF
-        _q2_k_requantize(xb, y, o, L, fp16_to_fp32_fast(hd), fp16_to_fp32_fast(hm))
+        _q2_k_requantize(xb, y, o, L, fp16_to_fp32_fast(hd), fp16_to_fp32_fast(hm), ds, ms)
         _pack_2bit(L, y, o + 16)
         _put_fp16(y, o + 80, hd)
         _put_fp16(y, o + 82, hm)
@@ -236,19 +249,15 @@ def _q3_k_put_scale(y, s, j, l):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _q3_k_finish(xb, y, o, L, hd):
+def _q3_k_finish(xb, y, o, L, hd, ds, zeros):
     """The common tail of both Q3_K paths: requantize with the fp16-rounded scales, then pack."""
     s = o + 96
     dall = fp16_to_fp32_fast(hd)
     for j in range(QK_K // 16):
         sc = (np.int64(y[s + j]) & 0xF) if j < 8 else (np.int64(y[s + j - 8]) >> 4)
         sc = (sc | (((np.int64(y[s + 8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
-        d = dall * f32(sc)
-        if d == _ZERO:
-            continue
-        for ii in range(16):
-            l = nearest_int_fast(xb[16 * j + ii] / d)
-            L[16 * j + ii] = max(-4, min(3, l)) + 4
+        ds[16 * j:16 * j + 16] = dall * f32(sc)
+    _requantize(xb, zeros, ds, L, -4, 3, 4)
     # The high bit of the first 32 quants goes to bit 0 of hmask[0..31], the next 32 to bit 1, ...
     # (L is in [0, 7], so the C's `if (L[j] > 3) {hmask |= hm; L[j] -= 4;}` is bit 2, without a branch)
     for m in range(QK_K // 8):
@@ -266,6 +275,8 @@ def _q3_k_finish(xb, y, o, L, hd):
 def _q3_k_row_ref(x, y):
     nb = x.shape[0] // QK_K
     L = np.zeros(QK_K, dtype=np.int8)
+    ds = np.empty(QK_K, dtype=np.float32)
+    zeros = np.zeros(QK_K, dtype=np.float32)
     scales = np.empty(QK_K // 16, dtype=np.float32)
     for i in range(nb):
         xb = x[i * QK_K:(i + 1) * QK_K]
@@ -290,7 +301,7 @@ def _q3_k_row_ref(x, y):
             hd = fp32_to_fp16_fast(_ONE / iscale)
         else:
             hd = fp32_to_fp16_fast(_ZERO)
-        _q3_k_finish(xb, y, o, L, hd)
+        _q3_k_finish(xb, y, o, L, hd, ds, zeros)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -298,6 +309,8 @@ def _q3_k_row_impl(x, y, quant_weights):
     nb = x.shape[0] // QK_K
     sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.int8)
+    ds = np.empty(QK_K, dtype=np.float32)
+    zeros = np.zeros(QK_K, dtype=np.float32)
     scales = np.empty(QK_K // 16, dtype=np.float32)
     weight = np.empty(16, dtype=np.float32)
     sw = np.empty(QK_K // 16, dtype=np.float32)
@@ -324,7 +337,7 @@ def _q3_k_row_impl(x, y, quant_weights):
         d_block = make_qx_quants(QK_K // 16, 32, scales, Ls, 1, sw, sbuf)
         for j in range(QK_K // 16):
             _q3_k_put_scale(y, s, j, np.int64(Ls[j]))
-        _q3_k_finish(xb, y, o, L, fp32_to_fp16_fast(d_block))
+        _q3_k_finish(xb, y, o, L, fp32_to_fp16_fast(d_block), ds, zeros)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -389,18 +402,14 @@ def _put_scale_min_k4(y, s, j, ls, lm):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _k4_requantize(xb, y, o, L, nmax, hd, hm):
+def _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms):
     dall = fp16_to_fp32_fast(hd)
     mall = fp16_to_fp32_fast(hm)
     for j in range(QK_K // 32):
         sc, m = get_scale_min_k4(j, y, o + 4)
-        d = dall * f32(sc)
-        if d == _ZERO:
-            continue
-        dm = mall * f32(m)
-        for ii in range(32):
-            l = nearest_int_fast((xb[32 * j + ii] + dm) / d)
-            L[32 * j + ii] = max(0, min(nmax, l))
+        ds[32 * j:32 * j + 32] = dall * f32(sc)
+        ms[32 * j:32 * j + 32] = mall * f32(m)
+    _requantize(xb, ms, ds, L, 0, nmax, 0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -412,6 +421,8 @@ def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
     L = np.zeros(QK_K, dtype=np.uint8)
     Laux = np.zeros(32, dtype=np.uint8)
     weights = np.empty(32, dtype=np.float32)
+    ds = np.empty(QK_K, dtype=np.float32)
+    ms = np.empty(QK_K, dtype=np.float32)
     mins = np.empty(QK_K // 32, dtype=np.float32)
     scales = np.empty(QK_K // 32, dtype=np.float32)
     for i in range(nb):
@@ -442,7 +453,7 @@ def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
             _put_scale_min_k4(y, o + 4, j, np.int64(ls), np.int64(lm))
         hd = fp32_to_fp16_fast(max_scale / _F63)
         hm = fp32_to_fp16_fast(max_min / _F63)
-        _k4_requantize(xb, y, o, L, nmax, hd, hm)
+        _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
         _put_fp16(y, o, hd)
         _put_fp16(y, o + 2, hm)
         if nmax == 15:
@@ -459,6 +470,8 @@ def _k4_row_impl(x, y, quant_weights, nmax, bs):
     L = np.zeros(QK_K, dtype=np.uint8)
     Laux = np.zeros(32, dtype=np.uint8)
     Ls = np.zeros(QK_K // 32, dtype=np.uint8)
+    ds = np.empty(QK_K, dtype=np.float32)
+    ms = np.empty(QK_K, dtype=np.float32)
     Lm = np.zeros(QK_K // 32, dtype=np.uint8)
     weights = np.empty(32, dtype=np.float32)
     sw = np.empty(QK_K // 32, dtype=np.float32)
@@ -494,7 +507,7 @@ def _k4_row_impl(x, y, quant_weights, nmax, bs):
             _put_scale_min_k4(y, o + 4, j, ls, lm)
         hd = fp32_to_fp16_fast(d_block)
         hm = fp32_to_fp16_fast(m_block)
-        _k4_requantize(xb, y, o, L, nmax, hd, hm)
+        _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
         _put_fp16(y, o, hd)
         _put_fp16(y, o + 2, hm)
         if nmax == 15:
@@ -604,6 +617,8 @@ def _q6_k_row(x, y, quant_weights):
     L = np.zeros(QK_K, dtype=np.int8)
     scales = np.empty(QK_K // 16, dtype=np.float32)
     sc = np.empty(QK_K // 16, dtype=np.int64)
+    ds = np.empty(QK_K, dtype=np.float32)
+    zeros = np.zeros(QK_K, dtype=np.float32)
     for i in range(nb):
         xb = x[i * QK_K:(i + 1) * QK_K]
         o = i * Q6_K_BYTES
@@ -634,12 +649,8 @@ def _q6_k_row(x, y, quant_weights):
             y[o + 192 + ib] = sc[ib] & 0xFF
         dall = fp16_to_fp32_fast(hd)
         for j in range(QK_K // 16):
-            d = dall * f32(sc[j])
-            if d == _ZERO:
-                continue
-            for ii in range(16):
-                l = nearest_int_fast(xb[16 * j + ii] / d)
-                L[16 * j + ii] = max(-32, min(31, l)) + 32
+            ds[16 * j:16 * j + 16] = dall * f32(sc[j])
+        _requantize(xb, zeros, ds, L, -32, 31, 32)
         ql = o
         qh = o + 128
         for j in range(0, QK_K, 128):

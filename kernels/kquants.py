@@ -19,7 +19,7 @@ from .solvers import (
     fp16_to_fp32_fast,
     fp32_to_fp16_fast,
     get_scale_min_k4,
-    make_q3_quants,
+    make_q3_quants_row,
     make_qkx2_quants,
     make_qkx3_quants,
     make_qp_quants,
@@ -274,18 +274,20 @@ def _q3_k_finish(xb, y, o, L, hd, ds, zeros):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _q3_k_row_ref(x, y):
     nb = x.shape[0] // QK_K
-    L = np.zeros(QK_K, dtype=np.int8)
     ds = np.empty(QK_K, dtype=np.float32)
     zeros = np.zeros(QK_K, dtype=np.float32)
-    scales = np.empty(QK_K // 16, dtype=np.float32)
+    Lrow = np.empty(x.shape[0], dtype=np.int8)
+    srow = np.empty(x.shape[0] // 16, dtype=np.float32)
+    make_q3_quants_row(x, 4, srow, Lrow)
     for i in range(nb):
         xb = x[i * QK_K:(i + 1) * QK_K]
+        L = Lrow[i * QK_K:(i + 1) * QK_K]
+        scales = srow[i * (QK_K // 16):(i + 1) * (QK_K // 16)]
         o = i * Q3_K_BYTES
         s = o + 96
         max_scale = _ZERO
         amax = _ZERO
         for j in range(QK_K // 16):
-            scales[j] = make_q3_quants(16, 4, xb[16 * j:16 * j + 16], L[16 * j:16 * j + 16], True)
             scale = abs(scales[j])
             if scale > amax:
                 amax = scale

@@ -153,60 +153,118 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw, scratch=None):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def make_q3_quants(n, nmax, x, L, do_rmse):
-    """make_q3_quants: symmetric search with an iterative refinement (weights x^2). L is int8."""
-    max_ = _ZERO
-    amax = _ZERO
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            max_ = x[i]
-    if amax < GROUP_MAX_EPS:  # all zero
-        for i in range(n):
-            L[i] = 0
-        return _ZERO
-    iscale = -f32(nmax) / max_
-    if do_rmse:
-        sumlx = _ZERO
-        suml2 = _ZERO
-        for i in range(n):
-            l = nearest_int_fast(iscale * x[i])
-            l = max(-nmax, min(nmax - 1, l))
-            L[i] = l
-            w = x[i] * x[i]
-            fl = f32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
-        for itry in range(5):
+def _q3_refine_pass(xt, fl, sumlx, suml2, nch, lo, hi):
+    """One pass of make_q3_quants' refinement loop over every group at once: column g of xt/fl
+    is group g's 16 weights / current quants (as floats), lane g of sumlx/suml2 its sums. Each
+    lane follows the C's order over i, a change as a select instead of a branch; nch[g] counts
+    the group's changes (the C's n_changed)."""
+    for g in range(nch.size):
+        nch[g] = 0
+    for i in range(16):
+        xi = xt[i]
+        fli = fl[i]
+        for g in range(nch.size):
+            v = xi[g]
+            fLi = fli[g]
+            w = v * v
+            sx = sumlx[g]
+            s2 = suml2[g]
+            slx = sx - w * v * fLi
+            sl2 = s2 - w * fLi * fLi
+            fq = f32(max(lo, min(hi, nearest_int_fast(v * sl2 / slx))))
+            slx2 = slx + w * v * fq
+            sl22 = sl2 + w * fq * fq
+            ok = (slx > _ZERO) & (fq != fLi) & (sl22 > _ZERO) & (slx2 * slx2 * s2 > sx * sx * sl22)
+            fli[g] = fq if ok else fLi
+            sumlx[g] = slx2 if ok else sx
+            suml2[g] = sl22 if ok else s2
+            nch[g] += ok
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def make_q3_quants_row(x, nmax, scales, L):
+    """make_q3_quants(16, nmax, x + 16*g, L + 16*g, do_rmse=true) for every 16-weight group g
+    of a row: scales[g] is its return value; L (int8) gets the quants.
+
+    The C runs group after group, each a chain of float sums. Here the groups are lanes: the
+    row is transposed so that weight i of every group sits in one contiguous row, and the
+    amax scan, the first quantization and the first refinement pass run across all groups in
+    the C's order within each (a pass over a group the previous pass left unchanged changes
+    nothing, so one shared pass is exact). The groups the first pass changed (about a quarter)
+    finish the C's remaining passes one at a time. Same arithmetic, about 2x the speed."""
+    G = x.shape[0] // 16
+    xt = np.empty((16, G), dtype=np.float32)
+    fl = np.empty((16, G), dtype=np.float32)
+    amax = np.zeros(G, dtype=np.float32)
+    iscale = np.zeros(G, dtype=np.float32)  # holds the C's `max` until the division below
+    sumlx = np.zeros(G, dtype=np.float32)
+    suml2 = np.zeros(G, dtype=np.float32)
+    nch = np.zeros(G, dtype=np.int32)
+    for i in range(16):
+        xi = xt[i]
+        for g in range(G):
+            xi[g] = x[16 * g + i]
+    for i in range(16):  # if (ax > amax) { amax = ax; max = x[i]; }
+        xi = xt[i]
+        for g in range(G):
+            v = xi[g]
+            ax = abs(v)
+            gt = ax > amax[g]
+            amax[g] = ax if gt else amax[g]
+            iscale[g] = v if gt else iscale[g]
+    fnmax = f32(nmax)
+    lo = -nmax
+    hi = nmax - 1
+    for g in range(G):
+        iscale[g] = -fnmax / iscale[g]
+    for i in range(16):
+        xi = xt[i]
+        fli = fl[i]
+        for g in range(G):
+            v = xi[g]
+            fq = f32(max(lo, min(hi, nearest_int_fast(iscale[g] * v))))
+            fli[g] = fq
+            w = v * v
+            sumlx[g] += w * v * fq
+            suml2[g] += w * fq * fq
+    _q3_refine_pass(xt, fl, sumlx, suml2, nch, lo, hi)
+    for g in range(G):
+        if nch[g] == 0:
+            continue
+        sx = sumlx[g]
+        s2 = suml2[g]
+        for itry in range(1, 5):
             n_changed = 0
-            for i in range(n):
-                w = x[i] * x[i]
-                fLi = f32(L[i])
-                slx = sumlx - w * x[i] * fLi
+            for i in range(16):
+                v = xt[i, g]
+                fLi = fl[i, g]
+                w = v * v
+                slx = sx - w * v * fLi
                 if slx > _ZERO:
-                    sl2 = suml2 - w * fLi * fLi
-                    new_l = nearest_int_fast(x[i] * sl2 / slx)
-                    new_l = max(-nmax, min(nmax - 1, new_l))
-                    if new_l != L[i]:
-                        fnew = f32(new_l)
-                        slx += w * x[i] * fnew
-                        sl2 += w * fnew * fnew
-                        if sl2 > _ZERO and slx * slx * suml2 > sumlx * sumlx * sl2:
-                            L[i] = new_l
-                            sumlx = slx
-                            suml2 = sl2
+                    sl2 = s2 - w * fLi * fLi
+                    fq = f32(max(lo, min(hi, nearest_int_fast(v * sl2 / slx))))
+                    if fq != fLi:
+                        slx += w * v * fq
+                        sl2 += w * fq * fq
+                        if sl2 > _ZERO and slx * slx * s2 > sx * sx * sl2:
+                            fl[i, g] = fq
+                            sx = slx
+                            s2 = sl2
                             n_changed += 1
             if n_changed == 0:
                 break
-        for i in range(n):
-            L[i] += nmax
-        return sumlx / suml2 if suml2 > _ZERO else _ZERO
-    for i in range(n):
-        l = nearest_int_fast(iscale * x[i])
-        l = max(-nmax, min(nmax - 1, l))
-        L[i] = l + nmax
-    return _ONE / iscale
+        sumlx[g] = sx
+        suml2[g] = s2
+    for g in range(G):
+        Lg = L[16 * g:16 * g + 16]
+        if amax[g] < GROUP_MAX_EPS:  # all zero
+            scales[g] = _ZERO
+            for i in range(16):
+                Lg[i] = 0
+            continue
+        scales[g] = sumlx[g] / suml2[g] if suml2[g] > _ZERO else _ZERO
+        for i in range(16):
+            Lg[i] = np.int64(fl[i, g]) + nmax
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

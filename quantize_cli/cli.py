@@ -192,8 +192,9 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
             _print_plan(plan, json_out)
         return
 
-    console = _stderr_console()
-    show_progress = not quiet and not json_out and console.is_terminal
+    # --quiet / --json print nothing through rich, so they do not load it (~20 ms)
+    console = None if quiet or json_out else _stderr_console()
+    show_progress = console is not None and console.is_terminal
     source = _open_hf(src, no_vocab) if src.is_dir() else None
     if show_progress:
         result = _convert_with_progress(conv, src, out, options, imatrix_input, threads or nthreads, console, source)

@@ -1,8 +1,9 @@
 """The type registry: every ggml tensor type we can write or read, mapped to its kernel pair.
 
 A kernel module (one family each: floats, legacy, kquants, iquants, ...) exposes
-``KERNELS: list[Kernel]``. The registry imports the families lazily, on first use, so that
-``pyquantize --help`` and ``inspect`` never pay for Numba.
+``KERNELS: list[Kernel]``. A family is imported on the first use of one of its types
+(FAMILY_OF), so that ``pyquantize --help`` and ``inspect`` never pay for Numba and a conversion
+only for the families it calls.
 
 Contract of a kernel pair (no file I/O, no globals read inside the JIT code):
 - ``quantize(rows, imatrix)``: ``rows`` is C-contiguous float32 (nrows, n_per_row),
@@ -27,6 +28,22 @@ DequantizeFn = Callable[[np.ndarray, int], np.ndarray]
 
 # Kernel families, in the order they register. A family not written yet is simply absent.
 FAMILIES = ("floats", "legacy", "kquants", "iquants", "iq1", "iq4", "ternary", "mxfp4", "q1q2")
+
+# The family of each type, so that a run imports only the families it calls: importing all nine
+# (their Numba dispatchers, the IQ grids with the whole gguf package) costs ~40 ms, a tenth of a
+# small conversion. tests/test_registry.py checks this table against every family's KERNELS.
+FAMILY_OF = {
+    "F32": "floats", "F16": "floats", "BF16": "floats",
+    "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy",
+    "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants",
+    "Q8_K": "kquants",
+    "IQ2_XXS": "iquants", "IQ2_XS": "iquants", "IQ2_S": "iquants", "IQ3_XXS": "iquants", "IQ3_S": "iquants",
+    "IQ1_S": "iq1", "IQ1_M": "iq1",
+    "IQ4_NL": "iq4", "IQ4_XS": "iq4",
+    "TQ1_0": "ternary", "TQ2_0": "ternary",
+    "MXFP4": "mxfp4", "NVFP4": "mxfp4",
+    "Q1_0": "q1q2", "Q2_0": "q1q2",
+}
 
 
 @dataclass(frozen=True)
@@ -56,25 +73,38 @@ class KernelMissing(LookupError):
     """No quantizer (or dequantizer) exists for this type yet."""
 
 
-_registry: dict[GGMLQuantizationType, Kernel] | None = None
+_families: dict[str, dict[GGMLQuantizationType, Kernel]] = {}
+
+
+def family_kernels(family: str) -> dict[GGMLQuantizationType, Kernel]:
+    """The kernels one family module registers (imported on first use; empty if it is absent)."""
+    found = _families.get(family)
+    if found is None:
+        module_name = f"{__name__}.{family}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            found = {}
+        else:
+            found = {kernel.type: kernel for kernel in module.KERNELS}
+        _families[family] = found
+    return found
 
 
 def registry() -> dict[GGMLQuantizationType, Kernel]:
-    global _registry
-    if _registry is None:
-        found: dict[GGMLQuantizationType, Kernel] = {}
-        for family in FAMILIES:
-            module_name = f"{__name__}.{family}"
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name == module_name:
-                    continue
-                raise
-            for kernel in module.KERNELS:
-                found[kernel.type] = kernel
-        _registry = found
-    return _registry
+    """Every kernel of every family (imports them all)."""
+    found: dict[GGMLQuantizationType, Kernel] = {}
+    for family in FAMILIES:
+        found.update(family_kernels(family))
+    return found
+
+
+def _lookup(qtype: GGMLQuantizationType) -> Kernel | None:
+    qtype = GGMLQuantizationType(qtype)
+    family = FAMILY_OF.get(qtype.name)
+    return family_kernels(family).get(qtype) if family is not None else None
 
 
 def row_bytes(qtype: GGMLQuantizationType, n_per_row: int) -> int:
@@ -84,19 +114,19 @@ def row_bytes(qtype: GGMLQuantizationType, n_per_row: int) -> int:
 
 
 def get(qtype: GGMLQuantizationType) -> Kernel:
-    kernel = registry().get(GGMLQuantizationType(qtype))
+    kernel = _lookup(qtype)
     if kernel is None:
         raise KernelMissing(f"no kernel for {GGMLQuantizationType(qtype).name} yet")
     return kernel
 
 
 def can_quantize(qtype: GGMLQuantizationType) -> bool:
-    kernel = registry().get(GGMLQuantizationType(qtype))
+    kernel = _lookup(qtype)
     return kernel is not None and kernel.quantize is not None
 
 
 def can_dequantize(qtype: GGMLQuantizationType) -> bool:
-    kernel = registry().get(GGMLQuantizationType(qtype))
+    kernel = _lookup(qtype)
     return kernel is not None and kernel.dequantize is not None
 
 

@@ -124,3 +124,39 @@ def test_missing_imatrix_is_refused():
     for qtype in (T.IQ2_XXS, T.IQ2_XS):
         with pytest.raises(ValueError, match="importance matrix"):
             kernels.quantize(x, qtype, None)
+
+
+def test_tables_cache_round_trip(tmp_path, monkeypatch):
+    """Built tables are kept under NUMBA_CACHE_DIR and read back instead of rebuilt; a damaged
+    file is rebuilt (and rewritten), an unwritable place only means building every time."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    levels = iq_tables.grid_levels(T.IQ3_XXS)
+    bits, kmap_size, nwant = iq_tables.PARAMS[T.IQ3_XXS]
+    want = iq_tables.kmap_kneighbors(levels, bits, kmap_size, nwant)
+
+    got = iq_tables._cached_kmap_kneighbors(levels, bits, kmap_size, nwant)
+    files = list(tmp_path.glob("iq_tables_*.npz"))
+    assert len(files) == 1 and not list(tmp_path.glob(".iq_tables_*"))
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
+
+    def no_build(*args):
+        raise AssertionError("rebuilt although cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(iq_tables, "kmap_kneighbors", no_build)
+        cached = iq_tables._cached_kmap_kneighbors(levels, bits, kmap_size, nwant)
+    assert all(np.array_equal(a, b) for a, b in zip(cached, want))
+
+    for damage in (b"not a zip", files[0].read_bytes()[:-100]):
+        files[0].write_bytes(damage)
+        rebuilt = iq_tables._cached_kmap_kneighbors(levels, bits, kmap_size, nwant)
+        assert all(np.array_equal(a, b) for a, b in zip(rebuilt, want))
+    with monkeypatch.context() as m:  # ... and the rebuild was written back
+        m.setattr(iq_tables, "kmap_kneighbors", no_build)
+        iq_tables._cached_kmap_kneighbors(levels, bits, kmap_size, nwant)
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker / "sub"))  # cannot be created
+    again = iq_tables._cached_kmap_kneighbors(levels, bits, kmap_size, nwant)
+    assert all(np.array_equal(a, b) for a, b in zip(again, want))

@@ -3,7 +3,9 @@
 
 For every file type and thread count (1 and 2), both tools quantize the same input in separate
 processes, alternating (ours first on even rounds, llama-quantize first on odd ones) so that
-load from other processes and page-cache state hurt both alike. Reported per row: median wall
+load from other processes and page-cache state hurt both alike; before each run the previous
+runs' outputs are flushed to disk (os.sync, untimed), so that no run pays for its predecessor's
+writeback. Reported per row: median wall
 seconds of each, the ratio ours / llama-quantize, M weights/s, peak RSS of each process
 (ru_maxrss from wait4) and whether the two outputs are byte-identical.
 
@@ -313,6 +315,9 @@ def measure(ours: Ours, ref: Reference, model: str, path: Path, ftype: str, thre
         pair = [lambda: mine.append(ours.convert(path, fresh(out_ours), ftype, threads, imatrix)),
                 lambda: theirs.append(ref.convert(path, fresh(out_ref), ftype, threads, imatrix))]
         for f in pair if i % 2 == 0 else pair[::-1]:
+            # the previous runs' outputs are still being written back (ext4 flushes dirty pages after
+            # 30 s, in kernel threads): flush them first, so that no run pays for the one before it
+            os.sync()
             f()
     identical = same_bytes(out_ours, out_ref)
     out_ours.unlink(missing_ok=True)

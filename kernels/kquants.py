@@ -79,13 +79,20 @@ def _pack_2bit(L, y, o):
 def _requantize(xb, mins, ds, L, lo, hi, off):
     """The K-quants' last pass over a super-block, `l = nearest_int((x + m) / d); L = clamp(l) + off`
     for every weight whose sub-block scale d is not zero (the C's `if (!d) continue;` keeps the
-    search's L there). ds/mins hold each weight's sub-block d and m (zero for the symmetric types:
-    x + 0 rounds to the same int). One 256-long loop rather than 16 short ones, so the divisions
-    vectorize: a short constant loop is unrolled first and then cannot be, as L may alias xb."""
-    for k in range(QK_K):
-        d = ds[k]
-        l = max(lo, min(hi, nearest_int_fast((xb[k] + mins[k]) / d))) + off
-        L[k] = l if d != _ZERO else L[k]
+    search's L there). ds/mins hold each weight's sub-block d and m; mins is None for the
+    symmetric types (`nearest_int(x / d)`). One 256-long loop rather than 16 short ones, so the
+    divisions vectorize: a short constant loop is unrolled first and then cannot be, as L may
+    alias xb."""
+    if mins is None:
+        for k in range(QK_K):
+            d = ds[k]
+            l = max(lo, min(hi, nearest_int_fast(xb[k] / d))) + off
+            L[k] = l if d != _ZERO else L[k]
+    else:
+        for k in range(QK_K):
+            d = ds[k]
+            l = max(lo, min(hi, nearest_int_fast((xb[k] + mins[k]) / d))) + off
+            L[k] = l if d != _ZERO else L[k]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +256,7 @@ def _q3_k_put_scale(y, s, j, l):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _q3_k_finish(xb, y, o, L, hd, ds, zeros):
+def _q3_k_finish(xb, y, o, L, hd, ds):
     """The common tail of both Q3_K paths: requantize with the fp16-rounded scales, then pack."""
     s = o + 96
     dall = fp16_to_fp32_fast(hd)
@@ -257,7 +264,7 @@ def _q3_k_finish(xb, y, o, L, hd, ds, zeros):
         sc = (np.int64(y[s + j]) & 0xF) if j < 8 else (np.int64(y[s + j - 8]) >> 4)
         sc = (sc | (((np.int64(y[s + 8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
         ds[16 * j:16 * j + 16] = dall * f32(sc)
-    _requantize(xb, zeros, ds, L, -4, 3, 4)
+    _requantize(xb, None, ds, L, -4, 3, 4)
     # The high bit of the first 32 quants goes to bit 0 of hmask[0..31], the next 32 to bit 1, ...
     # (L is in [0, 7], so the C's `if (L[j] > 3) {hmask |= hm; L[j] -= 4;}` is bit 2, without a branch)
     for m in range(QK_K // 8):
@@ -275,7 +282,6 @@ def _q3_k_finish(xb, y, o, L, hd, ds, zeros):
 def _q3_k_row_ref(x, y):
     nb = x.shape[0] // QK_K
     ds = np.empty(QK_K, dtype=np.float32)
-    zeros = np.zeros(QK_K, dtype=np.float32)
     Lrow = np.empty(x.shape[0], dtype=np.int8)
     srow = np.empty(x.shape[0] // 16, dtype=np.float32)
     make_q3_quants_row(x, 4, srow, Lrow)
@@ -303,7 +309,7 @@ def _q3_k_row_ref(x, y):
             hd = fp32_to_fp16_fast(_ONE / iscale)
         else:
             hd = fp32_to_fp16_fast(_ZERO)
-        _q3_k_finish(xb, y, o, L, hd, ds, zeros)
+        _q3_k_finish(xb, y, o, L, hd, ds)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -312,7 +318,6 @@ def _q3_k_row_impl(x, y, quant_weights):
     sbuf = solver_scratch()
     L = np.zeros(QK_K, dtype=np.int8)
     ds = np.empty(QK_K, dtype=np.float32)
-    zeros = np.zeros(QK_K, dtype=np.float32)
     scales = np.empty(QK_K // 16, dtype=np.float32)
     weight = np.empty(16, dtype=np.float32)
     sw = np.empty(QK_K // 16, dtype=np.float32)
@@ -339,7 +344,7 @@ def _q3_k_row_impl(x, y, quant_weights):
         d_block = make_qx_quants(QK_K // 16, 32, scales, Ls, 1, sw, sbuf)
         for j in range(QK_K // 16):
             _q3_k_put_scale(y, s, j, np.int64(Ls[j]))
-        _q3_k_finish(xb, y, o, L, fp32_to_fp16_fast(d_block), ds, zeros)
+        _q3_k_finish(xb, y, o, L, fp32_to_fp16_fast(d_block), ds)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -620,7 +625,6 @@ def _q6_k_row(x, y, quant_weights):
     scales = np.empty(QK_K // 16, dtype=np.float32)
     sc = np.empty(QK_K // 16, dtype=np.int64)
     ds = np.empty(QK_K, dtype=np.float32)
-    zeros = np.zeros(QK_K, dtype=np.float32)
     for i in range(nb):
         xb = x[i * QK_K:(i + 1) * QK_K]
         o = i * Q6_K_BYTES
@@ -652,7 +656,7 @@ def _q6_k_row(x, y, quant_weights):
         dall = fp16_to_fp32_fast(hd)
         for j in range(QK_K // 16):
             ds[16 * j:16 * j + 16] = dall * f32(sc[j])
-        _requantize(xb, zeros, ds, L, -32, 31, 32)
+        _requantize(xb, None, ds, L, -32, 31, 32)
         ql = o
         qh = o + 128
         for j in range(0, QK_K, 128):

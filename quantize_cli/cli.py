@@ -19,7 +19,7 @@ from .errors import PyquantizeError
 # when invoked, so `pyquantize --help`, `types` and `inspect` start without them.
 # name -> (module, function, line shown by --help)
 LAZY_COMMANDS = {
-    "imatrix": ("quantize_cli.imatrix_cmd", "imatrix",
+    "imatrix": ("quantize_cli.imatrix.command", "imatrix",
                 "Compute an importance matrix over calibration text, as llama-imatrix does."),
 }
 
@@ -155,7 +155,7 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
     from .errors import PlanError
     from .plan import (QuantizeOptions, parse_override_kv, parse_prune_layers, parse_tensor_type,
                        parse_tensor_type_option, read_tensor_type_file)
-    from .source import open_source
+    from .sources import open_source
 
     src, out, ftype, ftype_name, nthreads = _parse_positional(args)
     if include_weights and exclude_weights:
@@ -218,7 +218,7 @@ def _quiet_helper_threads() -> None:
 
 def _open_hf(path: Path, no_vocab: bool):
     try:
-        from .source_hf import HFSource
+        from .sources.hf import HFSource
     except ModuleNotFoundError:
         from .errors import SourceError
 

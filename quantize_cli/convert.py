@@ -19,8 +19,10 @@ import kernels
 
 from .errors import ImatrixError, KernelError, OutputError, PlanError
 from .plan import Plan, QuantizeOptions, TensorPlan, make_plan
-from .source import Source, open_source
-from .writer import ShardWriter, TensorInfo, atomic_outputs
+from .sources import Source, open_source
+from .formats.gguf_writer import ShardWriter
+from .formats.output import atomic_outputs
+from .formats.values import TensorInfo
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 # Float32 rows handled per slab. Small enough that the slab stays in cache between the NaN/Inf
@@ -62,7 +64,7 @@ class ConvertResult:
 def load_imatrix_input(path: str) -> ImatrixInput:
     """Load an imatrix file (GGUF or legacy .dat) as llama-quantize's load_imatrix does. The
     plan applies --include/--exclude-weights to its entry names."""
-    from .imatrix import load_imatrix
+    from .formats.imatrix_file import load_imatrix
 
     data = load_imatrix(path)
     return ImatrixInput(path, dict(data.entries), list(data.datasets), int(data.chunk_count))

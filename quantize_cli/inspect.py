@@ -11,7 +11,7 @@ from typing import Any
 
 from kernels.gguf_compat import GGUFValueType
 
-from .source import GGUFFileSource, open_source
+from .sources import GGUFFileSource, open_source
 
 ARRAY_PREVIEW = 8
 

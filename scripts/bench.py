@@ -161,7 +161,7 @@ def _reference_wrapper(src: str, dst: str, ftype_name: str, threads: str, imatri
     ftype, _ = FILE_TYPES[ftype_name.upper()]
     entries = None
     if imatrix:
-        from quantize_cli.imatrix import load_imatrix
+        from quantize_cli.formats.imatrix_file import load_imatrix
 
         entries = dict(load_imatrix(imatrix).entries)
     rc, log = llama_quantize_ref.quantize(src, dst, ftype, nthread=int(threads), only_copy=ftype_name.upper() == "COPY",
@@ -193,7 +193,7 @@ def model_path(name: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def n_weights(path: Path) -> int:
-    from quantize_cli.source import open_source
+    from quantize_cli.sources import open_source
 
     with open_source(path) as source:
         return sum(t.n_elements for t in source.tensors)
@@ -205,8 +205,9 @@ def random_imatrix(model: Path, out: Path) -> Path:
         return out
     import numpy as np
 
-    from quantize_cli.imatrix import Collector, Stats, save_imatrix
-    from quantize_cli.source import open_source
+    from quantize_cli.formats.imatrix_file import save_imatrix
+    from quantize_cli.imatrix.collector import Collector, Stats
+    from quantize_cli.sources import open_source
 
     rng = np.random.default_rng(0)
     collector = Collector(prompt_file="bench-random")
@@ -224,7 +225,7 @@ def needs_imatrix(path: Path, ftype_name: str) -> bool:
     which tensors require one); the bench then gives both tools the same random one."""
     from quantize_cli.errors import PyquantizeError
     from quantize_cli.plan import FILE_TYPES, QuantizeOptions, make_plan
-    from quantize_cli.source import open_source
+    from quantize_cli.sources import open_source
 
     with open_source(path) as source:
         try:

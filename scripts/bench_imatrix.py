@@ -40,7 +40,7 @@ def run_llama(exe: Path, model: Path, text: Path, chunks: int, threads: int, pla
 
 
 def run_ours(model: Path, text: Path, chunks: int, threads: int) -> tuple[float, float]:
-    from quantize_cli.imatrix_cmd import ImatrixOptions, compute_imatrix, set_threads
+    from quantize_cli.imatrix.command import ImatrixOptions, compute_imatrix, set_threads
 
     set_threads(threads)
     spent = {"s": 0.0, "n": 0}

@@ -150,7 +150,8 @@ def collect(model_path: Path, text: str, n_ctx: int = 512, chunks: int = -1, pro
 
 
 def save(stats, out: Path, dataset: str, n_ctx: int) -> None:
-    from quantize_cli.imatrix import Collector, Stats, save_imatrix
+    from quantize_cli.formats.imatrix_file import save_imatrix
+    from quantize_cli.imatrix.collector import Collector, Stats
 
     c = Collector(chunk_size=n_ctx, prompt_file=dataset)
     for name, (values, count) in stats.items():

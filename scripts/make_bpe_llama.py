@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     import gguf
 
-    from quantize_cli.tokenizer import read_gguf_metadata
+    from quantize_cli.runtime.tokenizer import read_gguf_metadata
 
     ap = argparse.ArgumentParser()
     ap.add_argument("vocab")

@@ -10,7 +10,8 @@ from pathlib import Path
 from gguf import GGMLQuantizationType as T, GGUFValueType
 
 from quantize_cli.plan import QuantizeOptions, parse_file_type, parse_override_kv
-from quantize_cli.source import KV, Source, TensorRef
+from quantize_cli.formats.values import KV
+from quantize_cli.sources.base import Source, TensorRef
 
 GOLDEN = Path(__file__).parent / "golden_plans"
 
@@ -131,6 +132,6 @@ def _ref():
 
 
 def _serialize_kv(pair):
-    from quantize_cli.writer import serialize_kv
+    from quantize_cli.formats.gguf_writer import serialize_kv
 
     return serialize_kv(pair)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from quantize_cli.cli import app
-from quantize_cli.source import open_source
+from quantize_cli.sources import open_source
 from test_plan_tool import _tool, write_legacy_imatrix
 
 pytestmark = pytest.mark.reference

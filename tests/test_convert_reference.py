@@ -19,7 +19,7 @@ import kernels
 from quantize_cli.convert import ImatrixInput, convert
 from quantize_cli.errors import PyquantizeError
 from quantize_cli.plan import FILE_TYPES, QuantizeOptions, make_plan
-from quantize_cli.source import open_source
+from quantize_cli.sources import open_source
 
 pytestmark = pytest.mark.reference
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from quantize_cli.cli import app
-from quantize_cli.source import open_source
+from quantize_cli.sources import open_source
 
 DATA = Path(__file__).parent / "data"
 STORIES = DATA / "stories260K.gguf"

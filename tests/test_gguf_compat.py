@@ -45,7 +45,7 @@ def _run(code: str) -> str:
 
 def test_fresh_interpreter_reader_first():
     """Reading a type-42 tensor needs no import order: the reader applies the shim itself."""
-    assert _run("from quantize_cli.source import read_gguf_layout; from gguf import GGMLQuantizationType as T;"
+    assert _run("from quantize_cli.formats.gguf import read_gguf_layout; from gguf import GGMLQuantizationType as T;"
                 "print(T(42).name)") == "Q2_0"
 
 

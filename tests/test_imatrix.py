@@ -18,10 +18,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from quantize_cli import imatrix_cmd
+from quantize_cli.imatrix import command as imatrix_cmd
 from quantize_cli.errors import ImatrixError
-from quantize_cli.imatrix import Collector, load_imatrix, save_imatrix
-from quantize_cli.imatrix_cmd import ImatrixOptions, compute_imatrix
+from quantize_cli.formats.imatrix_file import load_imatrix, save_imatrix
+from quantize_cli.imatrix.collector import Collector
+from quantize_cli.imatrix.command import ImatrixOptions, compute_imatrix
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = Path(__file__).parent / "golden"
@@ -178,7 +179,7 @@ def test_small_batches_and_other_tensors_are_ignored():
 
 def test_load_expert_counts_and_zero_counts(tmp_path):
     """GGUF entries with several matrices: each divided by its own count, 1 where the count is 0."""
-    from quantize_cli.imatrix import Stats
+    from quantize_cli.imatrix.collector import Stats
 
     c = Collector(chunk_size=4)
     c.stats["blk.0.ffn_up_exps.weight"] = Stats(np.arange(6, dtype=np.float32), np.array([2, 0, 4], np.int64))
@@ -273,7 +274,7 @@ def test_cli_happy_path(app, short_text, tmp_path):
 
 
 def test_collected_rows():
-    from quantize_cli.imatrix_cmd import collected_rows
+    from quantize_cli.imatrix.command import collected_rows
 
     assert collected_rows(512, 2048, 512, 4).all() and collected_rows(512, 2048, 512, 2).all()
     assert list(np.flatnonzero(~collected_rows(512, 2048, 512, 3))) == [510, 511]
@@ -382,7 +383,7 @@ def test_cli_has_help(app):
 def test_pyquantize_convert_uses_llama_imatrix_file(tmp_path):
     """llama-imatrix's file, fed to `pyquantize convert --imatrix`, is read and recorded."""
     from quantize_cli.cli import app as main_app
-    from quantize_cli.source import open_source
+    from quantize_cli.sources import open_source
 
     out = tmp_path / "q.gguf"
     r = CliRunner().invoke(main_app, ["convert", str(STORIES), str(out), "Q4_0", "--imatrix", str(LLAMA_FILE), "-q"])

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize_cli.imatrix import load_imatrix
-from quantize_cli.imatrix_cmd import ImatrixOptions, compute_imatrix
+from quantize_cli.formats.imatrix_file import load_imatrix
+from quantize_cli.imatrix.command import ImatrixOptions, compute_imatrix
 
 pytestmark = pytest.mark.reference
 
@@ -144,7 +144,7 @@ def test_token_ids_for_the_bpe_llama(bpe_llama):
         pytest.skip("llama-cpp-python is not installed: no reference tokenizer")
     from llama_cpp import Llama
 
-    from quantize_cli.tokenizer import tokenizer_from_gguf
+    from quantize_cli.runtime.tokenizer import tokenizer_from_gguf
 
     text = (DATA / "calibration-en.txt").read_text(encoding="utf-8")[:-1]
     ref = Llama(model_path=str(bpe_llama), vocab_only=True, verbose=False)

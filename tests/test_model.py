@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize_cli.model import Model, ModelError, apply_rope, rms_norm, rope_cache, ROPE_NEOX, ROPE_NORM
+from quantize_cli.runtime.model import Model, ModelError, apply_rope, rms_norm, rope_cache, ROPE_NEOX, ROPE_NORM
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"
@@ -182,7 +182,7 @@ def _reference_logits(path: Path, ids, kv_f16: bool = False) -> np.ndarray:
 
 @pytest.mark.reference
 def test_reference_logits_stories(stories):
-    from quantize_cli.tokenizer import tokenizer_from_gguf
+    from quantize_cli.runtime.tokenizer import tokenizer_from_gguf
 
     text = (DATA / "calibration-en.txt").read_text(encoding="utf-8")[5000:8000]
     ids = tokenizer_from_gguf(STORIES).encode(text)[:300]
@@ -202,7 +202,7 @@ def bpe_llama(tmp_path_factory):
 
 @pytest.mark.reference
 def test_reference_logits_bpe_llama(bpe_llama):
-    from quantize_cli.tokenizer import tokenizer_from_gguf
+    from quantize_cli.runtime.tokenizer import tokenizer_from_gguf
 
     text = (DATA / "calibration-en.txt").read_text(encoding="utf-8")[:3000]
     ids = tokenizer_from_gguf(bpe_llama).encode(text)[:256]
@@ -238,7 +238,7 @@ def qwen2_model(tmp_path_factory):
 @pytest.mark.reference
 def test_reference_logits_qwen2(qwen2_model):
     """qwen2: Q/K/V biases and NEOX RoPE."""
-    from quantize_cli.tokenizer import tokenizer_from_gguf
+    from quantize_cli.runtime.tokenizer import tokenizer_from_gguf
 
     text = (DATA / "calibration-en.txt").read_text(encoding="utf-8")[:3000]
     ids = tokenizer_from_gguf(qwen2_model).encode(text)[:200]

@@ -18,7 +18,7 @@ import ggml_ref
 import llama_quantize_ref as ref
 import plan_cases
 from quantize_cli.plan import QuantizeOptions, make_plan, parse_override_kv, parse_file_type
-from quantize_cli.source import open_source
+from quantize_cli.sources import open_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import make_golden_plans as golden  # noqa: E402

@@ -23,7 +23,7 @@ from quantize_cli.plan import (
     QuantizeOptions, make_plan, parse_file_type, parse_override_kv, parse_prune_layers, parse_tensor_type,
     parse_tensor_type_option, read_tensor_type_file,
 )
-from quantize_cli.source import open_source
+from quantize_cli.sources import open_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import make_golden_plans as golden  # noqa: E402

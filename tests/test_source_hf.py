@@ -1,4 +1,4 @@
-"""The Hugging Face checkpoint source (quantize_cli/source_hf.py).
+"""The Hugging Face checkpoint source (quantize_cli/sources/hf.py).
 
 Checkpoint folders are made from GGUF files by scripts/make_hf_checkpoint.py, which inverts
 llama.cpp's convert_hf_to_gguf.py; reading them back must give the GGUF's tensors byte for byte
@@ -22,8 +22,8 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from hypothesis import given, settings, strategies as st
 
 from quantize_cli.errors import SourceError
-from quantize_cli.source import open_source
-from quantize_cli.source_hf import HFSource, _permute
+from quantize_cli.sources import open_source
+from quantize_cli.sources.hf import HFSource, _permute
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

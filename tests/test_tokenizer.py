@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize_cli.tokenizer import (
+from quantize_cli.runtime.tokenizer import (
     Tokenizer,
     TokenizerError,
     _GPT2,

@@ -1,31 +1,20 @@
-"""Streaming GGUF writer with atomic output.
+"""Streaming GGUF writer.
 
 Every byte size follows from the plan, so the header (metadata and all tensor infos) is
 written first, then each tensor's data is written as it is produced and dropped. The layout
 is what ggml's gguf_write produces: GGUF v3, 32-byte alignment (or general.alignment), tensor
 data offsets in plan order, each tensor padded with zeros to the alignment.
-
-Output goes to temporary files beside the targets; they are renamed over the targets only when
-every file is complete. On any error, Ctrl-C or SIGTERM the temporary files are removed and the
-targets are left as they were.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import struct
-import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from kernels.gguf_compat import GGUFValueType
 
-from .errors import OutputError
-from .source import KV
+from .values import KV, TensorInfo
 
 GGUF_VERSION = 3
 DEFAULT_ALIGNMENT = 32
@@ -62,14 +51,6 @@ def serialize_kv(kv: KV) -> bytes:
     if kv.raw is not None:
         return kv.raw
     return _string(kv.key) + struct.pack("<I", int(kv.vtype)) + _value(kv.vtype, kv.value, kv.item_type)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    ne: tuple[int, ...]
-    type: int
-    nbytes: int
 
 
 def pad(n: int, alignment: int) -> int:
@@ -134,64 +115,3 @@ class ShardWriter:
         if self.next != len(self.infos):
             raise AssertionError(f"only {self.next} of {len(self.infos)} tensors written")
 
-
-def check_writable(target: Path) -> None:
-    parent = target.resolve().parent
-    if not parent.is_dir():
-        raise OutputError(f"{target}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{target}: directory {parent} is not writable")
-    if target.is_dir():
-        raise OutputError(f"{target}: is a directory; give a file name for the output")
-
-
-class _Terminated(BaseException):
-    pass
-
-
-@contextmanager
-def atomic_outputs(targets: list[Path]) -> Iterator[list[Path]]:
-    """Yield temporary paths beside each target; rename them all over the targets on success,
-    remove them on any failure (including Ctrl-C and SIGTERM)."""
-    for t in targets:
-        check_writable(t)
-    temps: list[Path] = []
-
-    def on_term(signum, frame):
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
-    try:
-        for t in targets:
-            fd, name = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".part", dir=t.resolve().parent)
-            os.close(fd)
-            temps.append(Path(name))
-        yield temps
-        for tmp, t in zip(temps, targets):
-            os.chmod(tmp, 0o644 & ~_umask())
-            os.replace(tmp, t)
-        temps = []
-    except _Terminated:
-        raise KeyboardInterrupt("terminated") from None
-    except OSError as exc:
-        raise OutputError(f"{targets[0]}: cannot write output ({exc.strerror or exc})") from None
-    finally:
-        for tmp in temps:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import SourceError
+from ..errors import SourceError
 
 
 class TokenizerError(SourceError):
@@ -657,7 +657,7 @@ class Tokenizer:
 
 
 def tokenizer_from_source(source) -> Tokenizer:
-    """A Tokenizer from a quantize_cli.source.Source (GGUF metadata)."""
+    """A Tokenizer from a quantize_cli.sources.Source (GGUF metadata)."""
     return Tokenizer(source.kv_value)
 
 
@@ -669,8 +669,8 @@ def read_gguf_metadata(path) -> dict[str, Any]:
 
 def read_gguf(path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], int, int]], int]:
     """(metadata, tensor infos as (name, ne, ggml type, offset), absolute data offset) of a GGUF,
-    through the project's one-pass GGUF reader (quantize_cli.source.read_gguf_layout)."""
-    from .source import read_gguf_layout
+    through the project's one-pass GGUF reader (quantize_cli.formats.gguf.read_gguf_layout)."""
+    from ..formats.gguf import read_gguf_layout
 
     try:
         layout = read_gguf_layout(path)

@@ -1,8 +1,9 @@
 """`pyquantize imatrix MODEL -f TEXT -o OUT`: llama-imatrix without building llama.cpp.
 
 The command is a plain function with Typer annotations; cli.py registers it with
-``app.command("imatrix")(imatrix_cmd.imatrix)``. The work is in ``compute_imatrix`` (a library
-function), the forward pass in model.py, the collector and file formats in imatrix.py.
+through LAZY_COMMANDS. The work is in ``compute_imatrix`` (a library
+function), the forward pass in runtime/model.py, the collector in collector.py, the files in
+formats/imatrix_file.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import typer
 
-from .errors import ImatrixError, PyquantizeError
+from ..errors import ImatrixError, PyquantizeError
 
 
 @dataclass
@@ -125,7 +126,8 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
                     on_chunk: Optional[Callable[[ChunkResult], None]] = None,
                     on_start: Optional[Callable[[int, int], None]] = None) -> ImatrixResult:
     """Collect an imatrix over the text (and/or merge --in-file files) and write it."""
-    from .imatrix import Collector, save_imatrix
+    from ..formats.imatrix_file import save_imatrix
+    from .collector import Collector
 
     fmt = opts.output_format or "gguf"
     if fmt not in ("gguf", "dat"):
@@ -150,7 +152,7 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
     model = None
     known_shapes = None
     if model_path is not None and opts.text_file is not None:
-        from .model import Model
+        from ..runtime.model import Model
 
         model = Model(model_path)
         known_shapes = {n: int(t.ne[0]) for n, t in model.tensors.items()}
@@ -168,7 +170,7 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
         raise ImatrixError("a MODEL is needed to compute an imatrix from text")
 
     try:
-        from .tokenizer import tokenizer_from_gguf
+        from ..runtime.tokenizer import tokenizer_from_gguf
 
         text = read_text(Path(opts.text_file))
         if not text:
@@ -244,7 +246,7 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
 
 
 def _check_fits(path: Path, known_shapes: dict[str, int]) -> None:
-    from .imatrix import _read_raw
+    from ..formats.imatrix_file import _read_raw
 
     raw = _read_raw(path)
     for name, sums in raw.sums.items():
@@ -256,7 +258,7 @@ def _check_fits(path: Path, known_shapes: dict[str, int]) -> None:
 
 
 def show_statistics(in_files: List[Path], ctx_size: int = 512) -> str:
-    from .imatrix import Collector, compute_statistics, format_statistics
+    from .collector import Collector, compute_statistics, format_statistics
 
     if len(in_files) != 1:
         raise ImatrixError("--show-statistics needs exactly one imatrix file (--in-file FILE)")
@@ -270,7 +272,7 @@ def show_statistics(in_files: List[Path], ctx_size: int = 512) -> str:
 
 def set_threads(n: Optional[int]) -> int:
     """Threads for the matrix products (default: all cores); see model.set_threads."""
-    from .model import set_threads as model_set_threads
+    from ..runtime.model import set_threads as model_set_threads
 
     return model_set_threads(n)
 

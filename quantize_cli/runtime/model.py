@@ -2,7 +2,7 @@
 
 It computes what llama.cpp's graph for `llama` (src/models/llama.cpp) and `qwen2` computes, in
 float32, one chunk of tokens at a time, and hands every matrix multiplication's input to an
-observer: that is what the importance matrix is made of (see imatrix.py).
+observer: that is what the importance matrix is made of (see imatrix/collector.py).
 
     token_embd -> n_layer x [RMSNorm -> Q,K,V -> RoPE -> causal GQA attention -> wo -> +residual
                              RMSNorm -> SwiGLU FFN (gate, up, down) -> +residual]
@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import SourceError
+from ..errors import SourceError
 
 
 class ModelError(SourceError):
@@ -104,11 +104,12 @@ def read_config(meta: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> Config
 def _open_gguf(path: Path):
     """Metadata and lazy tensor references of a GGUF model, memory-mapped.
 
-    Our own one-pass reader rather than quantize_cli.source: that one goes through the gguf
-    package's reader, which takes seconds on a large vocabulary; here nothing else is needed."""
+    Through the tokenizer's one-pass metadata reader rather than the gguf package's reader,
+    which takes seconds on a large vocabulary; here nothing else is needed."""
     from kernels.gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from .source import TensorRef, split_paths
+    from ..sources.base import TensorRef
+    from ..sources.gguf import split_paths
     from .tokenizer import TokenizerError, read_gguf
 
     if not path.exists():

@@ -36,11 +36,17 @@ class Collector:
     def wants(self, name: str) -> bool:
         return name.startswith("blk.") or (self.process_output and name == "output.weight")
 
-    def observe(self, name: str, x: np.ndarray, check_rows: bool = True) -> None:
-        """One dense matmul input: x (n_tokens, n_in) float32, for weight `name`. llama-imatrix
-        ignores micro-batches under 16 rows; `check_rows=False` when the caller has applied that."""
+    def observe(self, name: str, x: np.ndarray, expert: Optional[tuple[int, int]] = None,
+                check_rows: bool = True) -> None:
+        """One matmul input: x (n_tokens, n_in) float32, for weight `name`. llama-imatrix ignores
+        dense micro-batches under 16 rows; `check_rows=False` when the caller has applied that.
+        `expert` = (e, n_expert): the rows routed to expert e of a 3-D expert tensor (MUL_MAT_ID),
+        which llama-imatrix collects whatever the batch size, with one count per expert."""
         if not name.endswith(".weight"):
             name += ".weight"
+        if expert is not None:
+            self._observe_expert(name, x, *expert)
+            return
         if not self.wants(name) or (check_rows and x.shape[0] < 16) or x.shape[0] == 0:
             return
         n_tokens, n_in = x.shape
@@ -58,6 +64,25 @@ class Collector:
         if not np.isfinite(e.values).all():
             raise ImatrixError(f"non-finite values (NaN or Inf) in the activations feeding {name}")
         e.counts += n_tokens
+
+    def _observe_expert(self, name: str, x: np.ndarray, e: int, n_expert: int) -> None:
+        n_rows, n_in = x.shape
+        st = self.stats.get(name)
+        if st is not None and st.counts.size == 1 and n_expert > 1:
+            st.counts = np.full(n_expert, st.counts[0], dtype=np.int64)  # broadcast an old file's one count
+        if st is None:
+            st = self.stats[name] = Stats(np.zeros(n_in * n_expert, dtype=np.float32),
+                                          np.zeros(n_expert, dtype=np.int64))
+        elif st.values.size != n_in * n_expert or st.counts.size != n_expert:
+            raise ImatrixError(f"{name}: the imatrix has {st.values.size} values in {st.counts.size} experts, the "
+                               f"model {n_in * n_expert} in {n_expert}; the --in-file was made for another model")
+        block = st.values[e * n_in:(e + 1) * n_in]
+        # sequential float32 sums over the rows, in llama-imatrix's order (slot, then token)
+        sq = np.square(x, dtype=np.float32)
+        block[:] = np.add.reduce(np.concatenate([block[None, :], sq]), axis=0, dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise ImatrixError(f"non-finite values (NaN or Inf) in the activations feeding {name} (expert {e})")
+        st.counts[e] += n_rows
 
     def merge_file(self, path: str | Path, known_shapes: Optional[dict[str, int]] = None) -> None:
         """IMatrixCollector::load_imatrix: add a GGUF or legacy file's data (for --in-file)."""

@@ -211,8 +211,9 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
             if keep.all():
                 observe = collector.observe
             else:
-                def observe(name, x, keep=keep):
-                    collector.observe(name, x[keep], check_rows=False)
+                def observe(name, x, expert=None, keep=keep):
+                    # expert rows are not cut into micro-batches: llama-imatrix keeps them all
+                    collector.observe(name, x if expert is not None else x[keep], expert, check_rows=False)
             logits = model.forward(chunk, observe=observe, process_output=opts.process_output,
                                    logits=opts.compute_ppl, logits_from=first)
             ppl = None

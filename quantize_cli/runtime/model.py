@@ -1,104 +1,34 @@
-"""A small NumPy llama forward pass, read straight from a GGUF file (nanoGPT style: one file).
+"""The NumPy forward pass, read straight from a GGUF file, for every family in the architecture table.
 
-It computes what llama.cpp's graph for `llama` (src/models/llama.cpp) and `qwen2` computes, in
-float32, one chunk of tokens at a time, and hands every matrix multiplication's input to an
-observer: that is what the importance matrix is made of (see imatrix/collector.py).
+It computes what llama.cpp's graph for the model's architecture (src/models/<arch>.cpp, listed in
+arch.py) computes, in float32, one chunk of tokens at a time, and hands every matrix
+multiplication's input to an observer: that is what the importance matrix is made of (see
+imatrix/collector.py). `_matmul` is the one place weights meet activations.
 
-    token_embd -> n_layer x [RMSNorm -> Q,K,V -> RoPE -> causal GQA attention -> wo -> +residual
-                             RMSNorm -> SwiGLU FFN (gate, up, down) -> +residual]
-               -> RMSNorm -> output (or the tied token_embd)
+    token_embd [* scale] -> n_layer x [attention block, FFN or MoE block] -> RMSNorm -> output
+               [/ logit scale, soft-cap]
 
 Weights of any type we can dequantize (F32/F16/BF16 and the quantized types) are turned into
 float32 the first time a layer needs them and kept while they fit in `weight_budget` bytes; beyond
-that they are dequantized again at each use, so memory stays bounded for big models.
+that they are dequantized again at each use, so memory stays bounded for big models. Expert
+tensors (ne = [n_in, n_out, n_expert]) are dequantized one expert at a time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from ..errors import SourceError
+from .arch import ARCHITECTURES, Config, ModelError, read_config, supported  # noqa: F401  (re-exported)
+from .blocks import (ACTIVATIONS, ROPE_NEOX, ROPE_NORM, apply_rope, attention, rms_norm,  # noqa: F401
+                     rope_cache, route)
 
-
-class ModelError(SourceError):
-    """The model cannot be run: unsupported architecture, missing tensors, NaN activations."""
-
-
-# Observer of matmul inputs: (weight name, activations (n_tokens, n_in) float32).
-Observer = Callable[[str, np.ndarray], None]
-
-# Architectures llama.cpp builds with the llama graph and the same tensors (Mistral, SmolLM,
-# TinyLlama, ... are `llama` GGUFs), and qwen2 (same graph plus Q/K/V biases, NEOX RoPE).
-ROPE_NORM, ROPE_NEOX = 0, 2
-ARCHITECTURES = {"llama": ROPE_NORM, "qwen2": ROPE_NEOX}
-
-
-@dataclass
-class Config:
-    arch: str
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_ff: int
-    rms_eps: float
-    n_rot: int
-    rope_type: int
-    rope_base: float
-    rope_freq_scale: float
-    n_ctx_train: int
-
-
-def read_config(meta: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> Config:
-    arch = meta.get("general.architecture")
-    if arch is None:
-        raise ModelError("the model has no general.architecture metadata; it is not a llama.cpp model GGUF")
-    if arch not in ARCHITECTURES:
-        raise ModelError(f"architecture {arch!r} is not supported by the imatrix forward pass "
-                         f"(supported: {', '.join(sorted(ARCHITECTURES))})")
-
-    def key(name: str, default=None, required: bool = True):
-        v = meta.get(f"{arch}.{name}", default)
-        if v is None and required:
-            raise ModelError(f"the model's metadata lacks {arch}.{name}")
-        return v
-
-    n_embd = int(key("embedding_length"))
-    n_head = int(key("attention.head_count"))
-    if isinstance(meta.get(f"{arch}.attention.head_count_kv"), list) or isinstance(n_head, list):
-        raise ModelError("per-layer head counts are not supported")
-    n_head_kv = int(key("attention.head_count_kv", n_head))
-    head_dim = int(key("attention.key_length", n_embd // n_head))
-    if int(key("attention.value_length", head_dim)) != head_dim:
-        raise ModelError("models whose value head size differs from the key head size are not supported")
-    if "blk.0.ffn_gate_inp.weight" in tensor_shapes:
-        raise ModelError("mixture-of-experts models are not supported by the imatrix forward pass")
-    scaling = key("rope.scaling.type", "none", required=False)
-    freq_scale = 1.0
-    if scaling == "linear":
-        factor = float(key("rope.scaling.factor", 1.0, required=False) or 1.0)
-        freq_scale = 1.0 / factor
-    elif scaling not in ("none", None):
-        raise ModelError(f"RoPE scaling {scaling!r} is not supported (only none and linear)")
-    if "token_embd.weight" not in tensor_shapes:
-        raise ModelError("the model has no token_embd.weight tensor")
-    n_vocab = int(tensor_shapes["token_embd.weight"][1])
-    n_ff = int(key("feed_forward_length"))
-    return Config(
-        arch=arch, n_vocab=n_vocab, n_embd=n_embd, n_layer=int(key("block_count")), n_head=n_head,
-        n_head_kv=n_head_kv, head_dim=head_dim, n_ff=n_ff,
-        rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5, required=False)),
-        n_rot=int(key("rope.dimension_count", head_dim, required=False)), rope_type=ARCHITECTURES[arch],
-        rope_base=float(key("rope.freq_base", 10000.0, required=False)), rope_freq_scale=freq_scale,
-        n_ctx_train=int(key("context_length", 0, required=False) or 0),
-    )
+# Observer of matmul inputs: (weight name, activations (n_tokens, n_in) float32[, expert]).
+# For an expert tensor the third argument is (expert index, n_expert) and the rows are the inputs
+# routed to that expert, in llama-imatrix's order (by slot of the top-k, then by token).
+Observer = Callable[..., None]
 
 
 def _open_gguf(path: Path):
@@ -141,19 +71,27 @@ def _open_gguf(path: Path):
     return meta, tensors, mm
 
 
-def _dequantize(ref) -> np.ndarray:
-    """A tensor as float32 (ne1, ne0) (or its own shape for 1-D), from any stored type."""
-    from kernels.gguf_compat import GGMLQuantizationType as T
+def _dequantize(ref, expert: Optional[int] = None) -> np.ndarray:
+    """A tensor as float32 (ne1, ne0) (or its own shape for 1-D), from any stored type; with
+    `expert`, only that slice of a 3-D expert tensor (ne1, ne0)."""
+    from kernels.gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
     blob = ref.load()
     n_per_row = int(ref.ne[0])
     shape = tuple(reversed([int(d) for d in ref.ne]))
+    count = ref.n_elements
+    if expert is not None:
+        shape = shape[1:]
+        count = int(np.prod(shape))
+        block, size = GGML_QUANT_SIZES[ref.type]
+        per = count // block * size
+        blob = blob[expert * per:(expert + 1) * per]
     if ref.type == T.F32:
-        out = np.frombuffer(blob, dtype=np.float32, count=ref.n_elements)
+        out = np.frombuffer(blob, dtype=np.float32, count=count)
     elif ref.type == T.F16:
-        out = np.frombuffer(blob, dtype=np.float16, count=ref.n_elements).astype(np.float32)
+        out = np.frombuffer(blob, dtype=np.float16, count=count).astype(np.float32)
     elif ref.type == T.BF16:
-        out = (np.frombuffer(blob, dtype=np.uint16, count=ref.n_elements).astype(np.uint32) << 16).view(np.float32)
+        out = (np.frombuffer(blob, dtype=np.uint16, count=count).astype(np.uint32) << 16).view(np.float32)
     else:
         try:
             import kernels
@@ -164,43 +102,6 @@ def _dequantize(ref) -> np.ndarray:
 
             out = dequantize(np.asarray(blob, dtype=np.uint8), ref.type)
     return np.asarray(out, dtype=np.float32).reshape(shape)
-
-
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    # ggml_rms_norm: the mean of squares is summed in double, the scale is float
-    mean = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
-    scale = (1.0 / np.sqrt(mean + eps)).astype(np.float32)
-    return (x * scale) * weight
-
-
-def rope_cache(n_tokens: int, n_rot: int, base: float, freq_scale: float,
-               freq_factors: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin (n_tokens, n_rot/2) as ggml_rope_cache_init makes them: theta_i = pos * base^(-2i/n_rot),
-    multiplied up step by step in float32."""
-    theta_scale = np.float32(base ** (-2.0 / n_rot))
-    theta = np.empty((n_tokens, n_rot // 2), dtype=np.float32)
-    theta[:, 0] = np.arange(n_tokens, dtype=np.float32)
-    for i in range(1, n_rot // 2):
-        theta[:, i] = theta[:, i - 1] * theta_scale
-    if freq_factors is not None:
-        theta = theta / freq_factors[: n_rot // 2].astype(np.float32)
-    theta = theta * np.float32(freq_scale)
-    return np.cos(theta), np.sin(theta)
-
-
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_rot: int, rope_type: int) -> np.ndarray:
-    """x (T, n_heads, head_dim); rotates the first n_rot dims of each head."""
-    out = x.copy()
-    c, s = cos[:, None, :], sin[:, None, :]  # (T, 1, n_rot/2)
-    if rope_type == ROPE_NEOX:  # pairs (i, i + n_rot/2)
-        x0, x1 = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
-        out[..., : n_rot // 2] = x0 * c - x1 * s
-        out[..., n_rot // 2: n_rot] = x0 * s + x1 * c
-    else:  # NORM: adjacent pairs (2i, 2i+1)
-        x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-        out[..., 0:n_rot:2] = x0 * c - x1 * s
-        out[..., 1:n_rot:2] = x0 * s + x1 * c
-    return out
 
 
 class _Blas:
@@ -258,36 +159,53 @@ def set_threads(n: Optional[int]) -> int:
     return n
 
 
-@lru_cache(maxsize=8)
-def _causal_mask(n: int) -> np.ndarray:
-    return np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)
-
-
 def _f16_round(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
 
 class Model:
-    """A llama-family model, ready to run chunks of token ids."""
+    """A model of one of the families in arch.ARCHITECTURES, ready to run chunks of token ids."""
 
     def __init__(self, path: str | Path, weight_budget: int = 8 << 30):
         self.path = Path(path)
         self.meta, self.tensors, self._mm = _open_gguf(self.path)
         self.cfg = read_config(self.meta, {n: t.ne for n, t in self.tensors.items()})
-        cfg = self.cfg
-        for name in ("token_embd.weight", "output_norm.weight"):
-            self._require(name)
-        for il in range(cfg.n_layer):
-            for part in ("attn_norm", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"):
-                self._require(f"blk.{il}.{part}.weight")
-            if f"blk.{il}.attn_qkv.weight" not in self.tensors:
-                for part in ("attn_q", "attn_k", "attn_v"):
-                    self._require(f"blk.{il}.{part}.weight")
-        self.output_name = "output.weight" if "output.weight" in self.tensors else "token_embd.weight"
+        self.arch = ARCHITECTURES[self.cfg.arch]
+        self._check_tensors()
+        tied = self.arch.tied_always or "output.weight" not in self.tensors
+        self.output_name = "token_embd.weight" if tied else "output.weight"
         self.weight_budget = weight_budget
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict = {}
         self._cached_bytes = 0
         self.kv_f16 = False  # mimic llama.cpp's default F16 KV cache + flash attention (imatrix --kv-f16)
+        self.n_ctx: Optional[int] = None  # the context size llama.cpp would run with (LongRoPE's choice); None: T
+
+    def _check_tensors(self) -> None:
+        cfg, arch = self.cfg, self.arch
+        self._require("token_embd.weight")
+        self._require("output_norm.weight")
+        for il in range(cfg.n_layer):
+            p = f"blk.{il}."
+            need = ["attn_norm", arch.ffn_norm] if arch.norm_in else []
+            need += ["attn_output"]
+            if arch.norm_post:
+                need += ["post_attention_norm", "post_ffw_norm"]
+            if arch.qk_norm:
+                need += ["attn_q_norm", "attn_k_norm"]
+            if p + "attn_qkv.weight" not in self.tensors:
+                need += ["attn_q", "attn_k", "attn_v"]
+            if cfg.moe is not None:
+                need += ["ffn_gate_inp", "ffn_down_exps"]
+                if p + "ffn_gate_up_exps.weight" not in self.tensors:
+                    need += ["ffn_up_exps", "ffn_gate_exps"]
+                if cfg.moe.shared == "gated":
+                    need += ["ffn_gate_inp_shexp", "ffn_up_shexp", "ffn_gate_shexp", "ffn_down_shexp"]
+            else:
+                need += ["ffn_up", "ffn_down"] + ([] if arch.ffn == "fused" else ["ffn_gate"])
+            if cfg.arch == "openai-moe":
+                need += ["attn_sinks"]
+            for part in need:
+                self._require(p + part + ".weight")
 
     def _require(self, name: str) -> None:
         if name not in self.tensors:
@@ -297,28 +215,40 @@ class Model:
         self._cache.clear()
         self._mm = None
 
-    def weight(self, name: str) -> np.ndarray:
-        w = self._cache.get(name)
+    def weight(self, name: str, expert: Optional[int] = None) -> np.ndarray:
+        key = name if expert is None else (name, expert)
+        w = self._cache.get(key)
         if w is not None:
             return w
-        w = _dequantize(self.tensors[name])
+        w = _dequantize(self.tensors[name], expert)
         if self._cached_bytes + w.nbytes <= self.weight_budget:
-            self._cache[name] = w
+            self._cache[key] = w
             self._cached_bytes += w.nbytes
         return w
 
     def optional(self, name: str) -> Optional[np.ndarray]:
         return self.weight(name) if name in self.tensors else None
 
-    def _matmul(self, x: np.ndarray, name: str, observe: Optional[Observer]) -> np.ndarray:
-        """x (T, n_in) @ W^T, W stored (n_out, n_in) as ggml does; the observer sees x."""
+    def _matmul(self, x: np.ndarray, name: str, observe: Optional[Observer],
+                expert: Optional[tuple[int, int]] = None) -> np.ndarray:
+        """x (T, n_in) @ W^T, W stored (n_out, n_in) as ggml does; the observer sees x. With
+        `expert` = (e, n_expert), W is expert e's slice of a 3-D expert tensor (MUL_MAT_ID)."""
         if observe is not None:
-            observe(name, x)
-        w = self.weight(name + ".weight")
+            if expert is None:
+                observe(name, x)
+            else:
+                observe(name, x, expert)
+        w = self.weight(name + ".weight", None if expert is None else expert[0])
+        if w.ndim == 1:  # a one-row matrix stored as a vector (qwen2moe's ffn_gate_inp_shexp)
+            w = w[None, :]
         BLAS.for_flops(2.0 * x.shape[0] * w.shape[0] * w.shape[1])
         y = x @ w.T
         bias = self.optional(name + ".bias")
+        if bias is not None and expert is not None:
+            bias = bias[expert[0]]
         return y + bias if bias is not None else y
+
+    # --- the graph ----------------------------------------------------------------------------------
 
     def forward(self, tokens: np.ndarray, observe: Optional[Observer] = None,
                 process_output: bool = False, logits: bool = True, logits_from: int = 0) -> Optional[np.ndarray]:
@@ -326,45 +256,23 @@ class Model:
         logits_from.. (T - logits_from, n_vocab) float32, or None when `logits` is False.
 
         `observe(name, x)` is called with the input of every blk.* matmul (and of output.weight
-        when `process_output`), as llama-imatrix's collect_imatrix callback sees them."""
+        when `process_output`), as llama-imatrix's collect_imatrix callback sees them; expert
+        matmuls call `observe(name, x, (e, n_expert))` once per expert that tokens were routed to."""
         cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.min(initial=0) < 0 or tokens.max(initial=0) >= cfg.n_vocab:
             raise ModelError(f"token id out of range for a vocabulary of {cfg.n_vocab}")
         T = len(tokens)
-        hd, n_head, n_kv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
-        group = n_head // n_kv
-        freq_factors = self.optional("rope_freqs.weight")
-        cos, sin = rope_cache(T, cfg.n_rot, cfg.rope_base, cfg.rope_freq_scale, freq_factors)
-        kq_scale = np.float32(1.0 / np.sqrt(np.float32(hd)))
+        ropes = self._rope_tables(T)
 
         x = self.weight("token_embd.weight")[tokens]  # (T, n_embd)
+        if self.arch.embd_scale_sqrt:
+            x = x * np.float32(np.sqrt(np.float32(cfg.n_embd)))
+        elif cfg.embd_scale:
+            x = x * np.float32(cfg.embd_scale)
         for il in range(cfg.n_layer):
-            p = f"blk.{il}."
-            h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
-            if p + "attn_qkv.weight" in self.tensors:
-                qkv = self._matmul(h, p + "attn_qkv", observe)
-                q, k, v = np.split(qkv, [n_head * hd, n_head * hd + n_kv * hd], axis=1)
-            else:
-                q = self._matmul(h, p + "attn_q", observe)
-                k = self._matmul(h, p + "attn_k", observe)
-                v = self._matmul(h, p + "attn_v", observe)
-            q = apply_rope(q.reshape(T, n_head, hd), cos, sin, cfg.n_rot, cfg.rope_type)  # (T, n_head, hd)
-            k = apply_rope(k.reshape(T, n_kv, hd), cos, sin, cfg.n_rot, cfg.rope_type)    # (T, n_kv, hd)
-            v = v.reshape(T, n_kv, hd)
-            if self.kv_f16:
-                # llama.cpp's default: F16 K/V cache read by its tiled flash attention, which
-                # widens K and V back to f32 and keeps Q and all sums in f32 (ops.cpp
-                # ggml_compute_forward_flash_attn_ext_tiled): only K and V lose precision.
-                k, v = _f16_round(k), _f16_round(v)
-            attn = self._attention(q, k, v, kq_scale, group)  # (T, n_head*hd)
-            x = x + self._matmul(attn, p + "attn_output", observe)
-
-            h = rms_norm(x, self.weight(p + "ffn_norm.weight"), cfg.rms_eps)
-            gate = self._matmul(h, p + "ffn_gate", observe)
-            up = self._matmul(h, p + "ffn_up", observe)
-            act = gate / (np.float32(1.0) + np.exp(-gate)) * up  # SwiGLU: silu(gate) * up
-            x = x + self._matmul(act, p + "ffn_down", observe)
+            x = x + self._attention_block(x, il, ropes, observe)
+            x = x + self._ffn_block(x, il, observe)
             if not np.isfinite(x).all():
                 raise ModelError(f"non-finite activations (NaN or Inf) after layer {il} (blk.{il}); "
                                  "the model weights are probably damaged")
@@ -378,34 +286,137 @@ class Model:
             return None
         w = self.weight(self.output_name)
         BLAS.for_flops(2.0 * (T - logits_from) * w.shape[0] * w.shape[1])
-        return h[logits_from:] @ w.T
+        out = h[logits_from:] @ w.T
+        bias = self.optional("output.bias")
+        if bias is not None:
+            out = out + bias
+        if cfg.logit_scale:
+            out = out * np.float32(1.0 / cfg.logit_scale)
+        if cfg.final_softcap:
+            out = np.tanh(out * np.float32(1.0 / cfg.final_softcap)) * np.float32(cfg.final_softcap)
+        return out
 
-    def _attention(self, q, k, v, kq_scale, group, block: int = 128) -> np.ndarray:
-        """Causal grouped-query attention; q (T, n_head, hd), k and v (T, n_kv, hd).
+    def _rope_tables(self, T: int) -> dict:
+        """cos/sin per distinct RoPE setting of the layers: {"full": ..., "swa": ...}."""
+        cfg = self.cfg
+        n_ctx = self.n_ctx or T
+        factors = self.optional("rope_freqs.weight")
+        if factors is None and cfg.rope_scaling == "longrope":
+            name = "rope_factors_long.weight" if n_ctx > cfg.n_ctx_orig_yarn else "rope_factors_short.weight"
+            factors = self.optional(name)
+        common = dict(n_ctx_orig=cfg.n_ctx_orig_yarn, beta_fast=cfg.beta_fast, beta_slow=cfg.beta_slow)
+        tables = {"full": rope_cache(T, cfg.n_rot, cfg.rope_base, cfg.rope_freq_scale, factors,
+                                     cfg.ext_factor, cfg.attn_factor, **common)}
+        if any(cfg.swa_layers):
+            if self.arch.swa_rope == "plain":  # olmo3: SWA layers without YaRN
+                tables["swa"] = rope_cache(T, cfg.n_rot, cfg.rope_base, 1.0, None, 0.0, 1.0, **common)
+            else:  # get_rope_freq_base / _scale of an SWA layer
+                tables["swa"] = rope_cache(T, cfg.n_rot, cfg.rope_base_swa, cfg.rope_scale_swa, None,
+                                           cfg.ext_factor, cfg.attn_factor, **common)
+        if cfg.attn_temp_scale:  # llama4-style attention temperature (mistral3)
+            pos = np.arange(T, dtype=np.float64)
+            scale = np.log(np.floor(pos / cfg.attn_temp_floor) + 1.0) * cfg.attn_temp_scale + 1.0
+            tables["temp"] = scale.astype(np.float32)[:, None, None]
+        return tables
 
-        Queries go in blocks of `block` rows, each against only the keys it can see, so the
-        causal half of the score matrix is never computed."""
-        T, n_head, hd = q.shape
-        n_kv = k.shape[1]
-        # contiguous (heads, T, hd) operands: numpy's stacked matmul only reaches BLAS for those
+    def _attention_block(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
+        cfg, arch = self.cfg, self.arch
+        p = f"blk.{il}."
+        T = x.shape[0]
+        hd, n_head, n_kv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps) if arch.norm_in else x
+        if p + "attn_qkv.weight" in self.tensors:
+            qkv = self._matmul(h, p + "attn_qkv", observe)
+            q, k, v = np.split(qkv, [n_head * hd, n_head * hd + n_kv * hd], axis=1)
+        else:
+            q = self._matmul(h, p + "attn_q", observe)
+            k = self._matmul(h, p + "attn_k", observe)
+            v = self._matmul(h, p + "attn_v", observe)
+        if arch.qk_norm == "full":  # olmo2: one norm over all heads
+            q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
+            k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
+        q, k, v = q.reshape(T, n_head, hd), k.reshape(T, n_kv, hd), v.reshape(T, n_kv, hd)
+        if arch.qk_norm == "head":
+            q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
+            k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
+        swa = cfg.swa_layers[il]
+        if not (arch.no_rope_step and (il + 1) % arch.no_rope_step == 0):
+            cos, sin = ropes["swa" if swa else "full"]
+            q = apply_rope(q, cos, sin, cfg.n_rot, cfg.rope_type)  # (T, n_head, hd)
+            k = apply_rope(k, cos, sin, cfg.n_rot, cfg.rope_type)  # (T, n_kv, hd)
+        if "temp" in ropes:
+            q = q * ropes["temp"]
+        if self.kv_f16:
+            # llama.cpp's default: F16 K/V cache read by its tiled flash attention, which
+            # widens K and V back to f32 and keeps Q and all sums in f32 (ops.cpp
+            # ggml_compute_forward_flash_attn_ext_tiled): only K and V lose precision.
+            k, v = _f16_round(k), _f16_round(v)
         # the scale goes on q (T*hd values) rather than on the scores (T*T): same up to rounding
-        q = (np.ascontiguousarray(q.transpose(1, 0, 2)) * kq_scale).reshape(n_kv, group, T, hd)
-        kt = np.ascontiguousarray(k.transpose(1, 2, 0))  # (n_kv, hd, T)
-        v = np.ascontiguousarray(v.transpose(1, 0, 2))   # (n_kv, T, hd)
-        out = np.empty((n_kv, group, T, hd), dtype=np.float32)
-        BLAS.for_flops(4.0 * group * block * T * hd)
-        for r0 in range(0, T, block):
-            r1 = min(T, r0 + block)
-            mask = _causal_mask(r1 - r0)
-            for j in range(n_kv):  # one KV head and the `group` query heads that share it
-                scores = q[j, :, r0:r1] @ kt[j, :, :r1]  # (group, B, r1)
-                scores[:, :, r0:r1] += mask
-                scores -= scores.max(axis=-1, keepdims=True)
-                np.exp(scores, out=scores)
-                total = scores.sum(axis=-1, keepdims=True)  # (group, B, 1)
-                out[j, :, r0:r1] = (scores @ v[j, :r1]) / total
-        # head h = j * group + g, as ggml broadcasts K/V over query heads
-        return np.ascontiguousarray(out.reshape(n_head, T, hd).transpose(1, 0, 2)).reshape(T, n_head * hd)
+        # (gemma and phi3 scale Q in the graph itself)
+        q = q * np.float32(cfg.kq_scale)
+        sinks = self.weight(p + "attn_sinks.weight") if p + "attn_sinks.weight" in self.tensors else None
+        attn = attention(q, k, v, BLAS, window=cfg.n_swa if swa else 0, softcap=cfg.attn_softcap,
+                         sinks=sinks)  # (T, n_head*hd)
+        out = self._matmul(attn, p + "attn_output", observe)
+        if arch.norm_post:
+            out = rms_norm(out, self.weight(p + "post_attention_norm.weight"), cfg.rms_eps)
+        if cfg.residual_scale:
+            out = out * np.float32(cfg.residual_scale)
+        return out
+
+    def _ffn_block(self, x: np.ndarray, il: int, observe) -> np.ndarray:
+        cfg, arch = self.cfg, self.arch
+        p = f"blk.{il}."
+        h = rms_norm(x, self.weight(p + arch.ffn_norm + ".weight"), cfg.rms_eps) if arch.norm_in else x
+        if cfg.moe is not None:
+            out = self._moe(h, p, observe)
+        elif arch.ffn == "fused":  # phi3: ffn_up gives gate and up halves (ggml_swiglu)
+            gate, up = np.split(self._matmul(h, p + "ffn_up", observe), 2, axis=1)
+            out = self._matmul(ACTIVATIONS["silu"](gate, up), p + "ffn_down", observe)
+        else:
+            out = self._dense_ffn(h, p, "", arch.ffn, observe)
+        if arch.norm_post:
+            out = rms_norm(out, self.weight(p + "post_ffw_norm.weight"), cfg.rms_eps)
+        if cfg.residual_scale:
+            out = out * np.float32(cfg.residual_scale)
+        return out
+
+    def _dense_ffn(self, h: np.ndarray, p: str, suffix: str, act: str, observe) -> np.ndarray:
+        gate = self._matmul(h, p + "ffn_gate" + suffix, observe)
+        up = self._matmul(h, p + "ffn_up" + suffix, observe)
+        return self._matmul(ACTIVATIONS[act](gate, up), p + "ffn_down" + suffix, observe)
+
+    def _moe(self, h: np.ndarray, p: str, observe) -> np.ndarray:
+        """build_moe_ffn: route each token to n_expert_used experts, run each expert on its rows
+        (one expert's weights in float32 at a time), add the weighted outputs in slot order."""
+        cfg, moe = self.cfg, self.cfg.moe
+        T, n_embd = h.shape
+        n_exp, n_used = cfg.n_expert, cfg.n_expert_used
+        logits = self._matmul(h, p + "ffn_gate_inp", observe)  # (T, n_expert), + bias (gpt-oss)
+        sel, w = route(logits, n_used, moe.gating, moe.norm_w, 0.0)  # (T, n_used)
+        outs = np.zeros((n_used, T, n_embd), dtype=np.float32)
+        merged = p + "ffn_gate_up_exps.weight" in self.tensors
+        act = ACTIVATIONS[moe.act]
+        for e in range(n_exp):
+            slot, tok = np.nonzero(sel.T == e)  # slot-major, as llama-imatrix walks the ids
+            if len(tok) == 0:
+                continue
+            xe = h[tok]  # (n_e, n_embd)
+            if merged:
+                gate, up = np.split(self._matmul(xe, p + "ffn_gate_up_exps", observe, (e, n_exp)), 2, axis=1)
+            else:
+                up = self._matmul(xe, p + "ffn_up_exps", observe, (e, n_exp))
+                gate = self._matmul(xe, p + "ffn_gate_exps", observe, (e, n_exp))
+            down = self._matmul(act(gate, up), p + "ffn_down_exps", observe, (e, n_exp))  # (n_e, n_embd)
+            outs[slot, tok] = down * w[tok, slot][:, None]
+        out = outs[0]
+        for s in range(1, n_used):  # ggml adds the experts' views one slot at a time
+            out = out + outs[s]
+        if moe.shared == "gated":  # qwen2moe: a shared expert, gated by sigmoid(x . w) (as silu(g)/g)
+            g = self._matmul(h, p + "ffn_gate_inp_shexp", observe)  # (T, 1)
+            gate = (g / (np.float32(1.0) + np.exp(-g))) / g
+            out = out + self._dense_ffn(h, p, "_shexp", "silu", observe) * gate
+        return out
 
 
 def load_model(path: str | Path, weight_budget: int = 8 << 30) -> Model:

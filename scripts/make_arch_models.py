@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""Write small random GGUF models, one per architecture of the forward pass's table, with that
+architecture's real hyperparameter keys and tensor layout (as convert_hf_to_gguf.py writes them)
+and a real vocabulary from llama.cpp's models/ggml-vocab-*.gguf.
+
+The weights are random (float32; gpt-oss's experts MXFP4 in the `openai-moe-mxfp4` variant), the
+sizes tiny (n_embd 64, 2-6 layers), and the quirk each family has is made to matter: sliding
+windows shorter than a test chunk, soft-caps near the scores' range, YaRN and LongRoPE factors,
+attention temperature from position 64, per-expert routing over 4-8 experts.
+
+    python scripts/make_arch_models.py OUT_DIR [NAME ...] [--vocab-dir DIR | --vocab FILE] [--seed 0]
+    python scripts/make_arch_models.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VOCAB_DIR = Path(os.environ.get("LLAMA_CPP_VOCABS", "/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/models"))
+
+# name: (architecture, vocabulary file under VOCAB_DIR (tests/data's GPT-2 vocabulary when absent))
+MODELS = {
+    "llama": ("llama", "ggml-vocab-llama-spm.gguf"),
+    "llama3": ("llama", "ggml-vocab-llama-bpe.gguf"),
+    "mixtral": ("llama", "ggml-vocab-llama-spm.gguf"),
+    "qwen2": ("qwen2", "ggml-vocab-qwen2.gguf"),
+    "qwen3": ("qwen3", "ggml-vocab-qwen2.gguf"),
+    "qwen2moe": ("qwen2moe", "ggml-vocab-qwen2.gguf"),
+    "qwen3moe": ("qwen3moe", "ggml-vocab-qwen2.gguf"),
+    "gemma": ("gemma", "ggml-vocab-llama-spm.gguf"),
+    "gemma2": ("gemma2", "ggml-vocab-llama-spm.gguf"),
+    "gemma3": ("gemma3", "ggml-vocab-llama-spm.gguf"),
+    "phi3": ("phi3", "ggml-vocab-phi-3.gguf"),
+    "granite": ("granite", "ggml-vocab-gpt-2.gguf"),
+    "olmo2": ("olmo2", "ggml-vocab-gpt-2.gguf"),
+    "olmo3": ("olmo2", "ggml-vocab-gpt-2.gguf"),
+    "smollm3": ("smollm3", "ggml-vocab-llama-bpe.gguf"),
+    "mistral3": ("mistral3", "ggml-vocab-llama-spm.gguf"),
+    "openai-moe": ("openai-moe", "ggml-vocab-gpt-2.gguf"),
+    "openai-moe-mxfp4": ("openai-moe", "ggml-vocab-gpt-2.gguf"),
+}
+
+N_EMBD, N_HEAD, N_KV, N_FF = 64, 4, 2, 128
+
+
+class Builder:
+    """A GGUF being written: metadata keys under the architecture's prefix, tensors in ggml order."""
+
+    def __init__(self, path: Path, arch: str, vocab: Path, seed: int):
+        import gguf
+
+        self.gguf = gguf
+        self.arch = arch
+        self.rng = np.random.default_rng(seed)
+        self.w = gguf.GGUFWriter(str(path), arch)
+        self.w.add_name(f"pyquantize-test-{arch}")
+        self.w.add_file_type(0)
+        self.n_vocab = self._copy_vocab(vocab)
+
+    def _copy_vocab(self, vocab: Path) -> int:
+        """The vocabulary's tokenizer.* keys, typed as llama.cpp's converter writes them (our one-pass
+        reader: the gguf package's reader takes seconds per 100k tokens)."""
+        from quantize_cli.runtime.tokenizer import read_gguf_metadata
+
+        for name, value in read_gguf_metadata(vocab).items():
+            if not name.startswith("tokenizer."):
+                continue
+            if isinstance(value, bool):
+                self.w.add_bool(name, value)
+            elif isinstance(value, int):
+                self.w.add_uint32(name, value)
+            elif isinstance(value, str):
+                self.w.add_string(name, value)
+            elif isinstance(value, (list, tuple)):
+                self.w.add_array(name, list(value))  # str -> STRING, float -> FLOAT32, int -> INT32
+            else:
+                raise TypeError(f"{vocab}: {name} has an unexpected type {type(value).__name__}")
+        return len(read_gguf_metadata(vocab)["tokenizer.ggml.tokens"])
+
+    def kv(self, **keys) -> None:
+        """arch-prefixed keys: kv(context_length=4096, **{"rope.freq_base": 1e4})."""
+        for key, value in keys.items():
+            full = f"{self.arch}.{key}"
+            if isinstance(value, bool):
+                self.w.add_bool(full, value)
+            elif isinstance(value, int):
+                self.w.add_uint32(full, value)
+            elif isinstance(value, float):
+                self.w.add_float32(full, value)
+            elif isinstance(value, str):
+                self.w.add_string(full, value)
+            else:
+                raise TypeError(key)
+
+    def common(self, n_layer: int, n_ff: int = N_FF, head_dim: int = N_EMBD // N_HEAD, n_kv: int = N_KV,
+               key_length: bool = False, rope_dims: bool = True, ctx: int = 4096) -> None:
+        self.n_layer, self.head_dim, self.n_kv = n_layer, head_dim, n_kv
+        self.kv(context_length=ctx, embedding_length=N_EMBD, block_count=n_layer, feed_forward_length=n_ff,
+                **{"attention.head_count": N_HEAD, "attention.head_count_kv": n_kv,
+                   "attention.layer_norm_rms_epsilon": 1e-6})
+        if key_length:
+            self.kv(**{"attention.key_length": head_dim, "attention.value_length": head_dim})
+        if rope_dims:
+            self.kv(**{"rope.dimension_count": head_dim})
+
+    def t(self, name: str, data: np.ndarray, raw_dtype=None) -> None:
+        self.w.add_tensor(name, data, raw_dtype=raw_dtype)
+
+    def mat(self, *shape: int, scale: float = 1.0) -> np.ndarray:
+        """Random weights (ggml's ne reversed), variance 1/n_in times scale^2."""
+        return (self.rng.standard_normal(shape) * scale / np.sqrt(shape[-1])).astype(np.float32)
+
+    def vec(self, n: int, around: float = 1.0, spread: float = 0.1) -> np.ndarray:
+        return (around + spread * self.rng.standard_normal(n)).astype(np.float32)
+
+    def embeddings(self, tied: bool, scale: float = 0.5) -> None:
+        self.t("token_embd.weight", (self.rng.standard_normal((self.n_vocab, N_EMBD)) * scale).astype(np.float32))
+        self.t("output_norm.weight", self.vec(N_EMBD))
+        if not tied:
+            self.t("output.weight", self.mat(self.n_vocab, N_EMBD))
+
+    def attention(self, il: int, bias: bool = False, fused: bool = False, out_bias: bool = False) -> None:
+        p = f"blk.{il}."
+        nq, nk = N_HEAD * self.head_dim, self.n_kv * self.head_dim
+        if fused:
+            self.t(p + "attn_qkv.weight", np.concatenate([self.mat(nq, N_EMBD, scale=2.0),
+                                                          self.mat(nk, N_EMBD, scale=2.0), self.mat(nk, N_EMBD)]))
+        else:
+            self.t(p + "attn_q.weight", self.mat(nq, N_EMBD, scale=2.0))
+            self.t(p + "attn_k.weight", self.mat(nk, N_EMBD, scale=2.0))
+            self.t(p + "attn_v.weight", self.mat(nk, N_EMBD))
+        if bias:
+            for part, n in (("attn_q", nq), ("attn_k", nk), ("attn_v", nk)):
+                self.t(p + part + ".bias", self.vec(n, 0.0, 0.5))
+        self.t(p + "attn_output.weight", self.mat(N_EMBD, nq))
+        if out_bias:
+            self.t(p + "attn_output.bias", self.vec(N_EMBD, 0.0, 0.1))
+
+    def qk_norm(self, il: int, full: bool = False) -> None:
+        p = f"blk.{il}."
+        self.t(p + "attn_q_norm.weight", self.vec(N_HEAD * self.head_dim if full else self.head_dim))
+        self.t(p + "attn_k_norm.weight", self.vec(self.n_kv * self.head_dim if full else self.head_dim))
+
+    def norm(self, name: str) -> None:
+        self.t(name, self.vec(N_EMBD))
+
+    def ffn(self, il: int, n_ff: int = N_FF, suffix: str = "") -> None:
+        p = f"blk.{il}."
+        self.t(p + f"ffn_gate{suffix}.weight", self.mat(n_ff, N_EMBD))
+        self.t(p + f"ffn_up{suffix}.weight", self.mat(n_ff, N_EMBD))
+        self.t(p + f"ffn_down{suffix}.weight", self.mat(N_EMBD, n_ff))
+
+    def experts(self, il: int, n_expert: int, n_ff: int, bias: bool = False, mxfp4: bool = False) -> None:
+        p = f"blk.{il}."
+        self.t(p + "ffn_gate_inp.weight", self.mat(n_expert, N_EMBD, scale=3.0))
+        if bias:
+            self.t(p + "ffn_gate_inp.bias", self.vec(n_expert, 0.0, 0.5))
+        for part, (n_out, n_in) in (("gate", (n_ff, N_EMBD)), ("up", (n_ff, N_EMBD)), ("down", (N_EMBD, n_ff))):
+            w = self.mat(n_expert, n_out, n_in, scale=1.5)
+            name = p + f"ffn_{part}_exps.weight"
+            if mxfp4:
+                import kernels
+                from kernels.gguf_compat import GGMLQuantizationType as T
+
+                q = kernels.quantize(w.reshape(-1, n_in), T.MXFP4).reshape(n_expert, n_out, -1)
+                self.t(name, q, raw_dtype=T.MXFP4)
+            else:
+                self.t(name, w)
+            if bias:
+                self.t(p + f"ffn_{part}_exps.bias", self.vec(n_out, 0.0, 0.2)[None, :].repeat(n_expert, 0)
+                       + self.mat(n_expert, n_out, scale=0.2))
+
+    def close(self) -> None:
+        self.w.write_header_to_file()
+        self.w.write_kv_data_to_file()
+        self.w.write_tensors_to_file()
+        self.w.close()
+
+
+def _dense_layers(b: Builder, n_layer: int, **attn) -> None:
+    for il in range(n_layer):
+        b.norm(f"blk.{il}.attn_norm.weight")
+        b.attention(il, **attn)
+        b.norm(f"blk.{il}.ffn_norm.weight")
+        b.ffn(il)
+
+
+def build(name: str, out: Path, vocab_dir: Path = VOCAB_DIR, seed: int = 0, vocab: Optional[Path] = None) -> Path:
+    """Write model `name` to `out`, with its family's vocabulary or `vocab` (any GGUF with tokenizer keys)."""
+    arch, vocab_file = MODELS[name]
+    vocab = vocab or vocab_dir / vocab_file
+    if not vocab.exists():
+        vocab = ROOT / "tests" / "data" / "ggml-vocab-gpt-2.gguf"
+    b = Builder(out, arch, vocab, seed)
+    if name in ("llama", "llama3"):
+        b.common(2)
+        b.kv(vocab_size=b.n_vocab, **{"rope.freq_base": 500000.0 if name == "llama3" else 10000.0})
+        b.embeddings(tied=name == "llama3")
+        if name == "llama3":  # llama 3.1's rope_freqs: factors 1 (high frequencies) .. 8 (low)
+            b.t("rope_freqs.weight", np.geomspace(1.0, 8.0, b.head_dim // 2).astype(np.float32))
+        _dense_layers(b, 2)
+    elif name == "mixtral":
+        b.common(2, n_ff=64)
+        b.kv(expert_count=4, expert_used_count=2, **{"rope.freq_base": 1e6})
+        b.embeddings(tied=False)
+        for il in range(2):
+            b.norm(f"blk.{il}.attn_norm.weight")
+            b.attention(il)
+            b.norm(f"blk.{il}.ffn_norm.weight")
+            b.experts(il, 4, 64)
+    elif name == "qwen2":
+        b.common(2)
+        b.kv(**{"rope.freq_base": 1e6})
+        b.embeddings(tied=False)
+        _dense_layers(b, 2, bias=True)
+    elif name == "qwen3":  # head_dim 32: 4 heads make 128 > n_embd, as Qwen3's 128-wide heads do
+        b.common(2, head_dim=32, key_length=True, rope_dims=False)
+        b.kv(**{"rope.freq_base": 1e6})
+        b.embeddings(tied=True)
+        for il in range(2):
+            b.norm(f"blk.{il}.attn_norm.weight")
+            b.attention(il)
+            b.qk_norm(il)
+            b.norm(f"blk.{il}.ffn_norm.weight")
+            b.ffn(il)
+    elif name == "qwen2moe":
+        b.common(2, n_ff=128)
+        b.kv(expert_count=4, expert_used_count=2, expert_feed_forward_length=32,
+             expert_shared_feed_forward_length=96, **{"rope.freq_base": 1e6})
+        b.embeddings(tied=False)
+        for il in range(2):
+            p = f"blk.{il}."
+            b.norm(p + "attn_norm.weight")
+            b.attention(il, bias=True)
+            b.norm(p + "ffn_norm.weight")
+            b.experts(il, 4, 32)
+            b.t(p + "ffn_gate_inp_shexp.weight", b.mat(N_EMBD, scale=2.0))
+            b.ffn(il, 96, "_shexp")
+    elif name == "qwen3moe":
+        b.common(2, n_ff=192, head_dim=32, key_length=True, rope_dims=False)
+        b.kv(expert_count=8, expert_used_count=2, expert_feed_forward_length=48, **{"rope.freq_base": 1e6})
+        b.embeddings(tied=False)
+        for il in range(2):
+            p = f"blk.{il}."
+            b.norm(p + "attn_norm.weight")
+            b.attention(il)
+            b.qk_norm(il)
+            b.norm(p + "ffn_norm.weight")
+            b.experts(il, 8, 48)
+    elif name == "gemma":  # Gemma 2B: one KV head, head_dim 256 = n_embd/n_head in the original; here 32
+        b.common(2, head_dim=32, n_kv=1, key_length=True, rope_dims=False, ctx=8192)
+        b.embeddings(tied=True, scale=0.1)
+        _dense_layers(b, 2)
+    elif name in ("gemma2", "gemma3"):
+        n_layer = 2 if name == "gemma2" else 6  # gemma2: SWA every other layer; gemma3: 5 SWA, 1 global
+        b.common(n_layer, key_length=True, rope_dims=False, ctx=8192)
+        b.kv(**{"attention.sliding_window": 40})
+        if name == "gemma2":
+            b.kv(attn_logit_softcapping=3.0, final_logit_softcapping=4.0)
+        else:
+            b.kv(**{"rope.freq_base": 1e6, "rope.scaling.type": "linear", "rope.scaling.factor": 8.0})
+        b.embeddings(tied=True, scale=0.1)
+        for il in range(n_layer):
+            p = f"blk.{il}."
+            b.norm(p + "attn_norm.weight")
+            b.attention(il)
+            if name == "gemma3":
+                b.qk_norm(il)
+            b.norm(p + "post_attention_norm.weight")
+            b.norm(p + "ffn_norm.weight")
+            b.ffn(il)
+            b.norm(p + "post_ffw_norm.weight")
+    elif name == "phi3":  # fused QKV and gate/up, LongRoPE with short/long factors
+        b.common(2, ctx=131072)
+        b.kv(**{"rope.scaling.type": "longrope", "rope.scaling.attn_factor": 1.1902380714238083,
+                "rope.scaling.original_context_length": 4096})
+        b.embeddings(tied=False)
+        half = b.head_dim // 2
+        b.t("rope_factors_long.weight", np.linspace(1.0, 40.0, half).astype(np.float32))
+        b.t("rope_factors_short.weight", np.linspace(1.0, 2.5, half).astype(np.float32))
+        for il in range(2):
+            p = f"blk.{il}."
+            b.norm(p + "attn_norm.weight")
+            b.attention(il, fused=True)
+            b.norm(p + "ffn_norm.weight")
+            b.t(p + "ffn_up.weight", np.concatenate([b.mat(N_FF, N_EMBD), b.mat(N_FF, N_EMBD)]))
+            b.t(p + "ffn_down.weight", b.mat(N_EMBD, N_FF))
+    elif name == "granite":
+        b.common(2)
+        b.kv(logit_scale=8.0, residual_scale=0.22, embedding_scale=12.0,
+             **{"attention.scale": 0.0078125 * 16, "rope.freq_base": 1e7})
+        b.embeddings(tied=True, scale=0.05)
+        _dense_layers(b, 2)
+    elif name in ("olmo2", "olmo3"):  # no input norms; Q/K norms over all heads; post norms
+        n_layer = 2 if name == "olmo2" else 4
+        b.common(n_layer, n_kv=N_HEAD, rope_dims=False)
+        b.kv(**{"rope.freq_base": 500000.0})
+        if name == "olmo3":  # 3 sliding-window layers (RoPE unscaled), 1 global with YaRN
+            b.kv(**{"attention.sliding_window": 40, "rope.scaling.type": "yarn", "rope.scaling.factor": 8.0,
+                    "rope.scaling.original_context_length": 64})
+        b.embeddings(tied=False)
+        for il in range(n_layer):
+            p = f"blk.{il}."
+            b.attention(il)
+            b.qk_norm(il, full=True)
+            b.norm(p + "post_attention_norm.weight")
+            b.ffn(il)
+            b.norm(p + "post_ffw_norm.weight")
+    elif name == "smollm3":  # every 4th layer without RoPE
+        b.common(4)
+        b.kv(**{"rope.freq_base": 2000000.0})
+        b.embeddings(tied=True)
+        _dense_layers(b, 4)
+    elif name == "mistral3":  # YaRN and llama4-style attention temperature (from position 64 on)
+        b.common(2, ctx=262144)
+        b.kv(**{"rope.freq_base": 1e6, "rope.scaling.type": "yarn", "rope.scaling.factor": 16.0,
+                "rope.scaling.original_context_length": 64, "rope.scaling.yarn_beta_fast": 32.0,
+                "rope.scaling.yarn_beta_slow": 1.0, "rope.scaling.yarn_log_multiplier": 1.0,
+                "attention.temperature_scale": 0.5})
+        b.embeddings(tied=False)
+        _dense_layers(b, 2)
+    elif name.startswith("openai-moe"):  # gpt-oss: sinks, SWA every other layer, YaRN, biased router/experts
+        b.common(2, n_ff=32, key_length=True)
+        b.kv(expert_count=4, expert_used_count=2, expert_feed_forward_length=32,
+             **{"attention.sliding_window": 40, "rope.freq_base": 150000.0, "rope.scaling.type": "yarn",
+                "rope.scaling.factor": 32.0, "rope.scaling.original_context_length": 4096})
+        b.embeddings(tied=False)
+        for il in range(2):
+            p = f"blk.{il}."
+            b.norm(p + "attn_norm.weight")
+            b.attention(il, bias=True, out_bias=True)
+            b.t(p + "attn_sinks.weight", b.vec(N_HEAD, 0.0, 2.0))
+            b.norm(p + "post_attention_norm.weight")
+            b.experts(il, 4, 32, bias=True, mxfp4=name.endswith("mxfp4"))
+    else:
+        raise KeyError(name)
+    b.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out_dir", nargs="?")
+    ap.add_argument("names", nargs="*", help=f"models to write (default all): {', '.join(MODELS)}")
+    ap.add_argument("--vocab-dir", type=Path, default=VOCAB_DIR)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vocab", type=Path, help="one vocabulary for all (e.g. tests/data/stories260K.gguf's 512 tokens)")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if args.list or not args.out_dir:
+        print("\n".join(f"{n}: {a} ({v})" for n, (a, v) in MODELS.items()))
+        return
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in args.names or MODELS:
+        path = build(name, out_dir / f"{name}.gguf", args.vocab_dir, args.seed, args.vocab)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

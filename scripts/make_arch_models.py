@@ -3,7 +3,7 @@
 architecture's real hyperparameter keys and tensor layout (as convert_hf_to_gguf.py writes them)
 and a real vocabulary from llama.cpp's models/ggml-vocab-*.gguf.
 
-The weights are random (float32; gpt-oss's experts MXFP4 in the `openai-moe-mxfp4` variant), the
+The weights are random (float32; gpt-oss's experts MXFP4 in the `gpt-oss-mxfp4` variant), the
 sizes tiny (n_embd 64, 2-6 layers), and the quirk each family has is made to matter: sliding
 windows shorter than a test chunk, soft-caps near the scores' range, YaRN and LongRoPE factors,
 attention temperature from position 64, per-expert routing over 4-8 experts.
@@ -45,11 +45,20 @@ MODELS = {
     "olmo3": ("olmo2", "ggml-vocab-gpt-2.gguf"),
     "smollm3": ("smollm3", "ggml-vocab-llama-bpe.gguf"),
     "mistral3": ("mistral3", "ggml-vocab-llama-spm.gguf"),
-    "openai-moe": ("openai-moe", "ggml-vocab-gpt-2.gguf"),
-    "openai-moe-mxfp4": ("openai-moe", "ggml-vocab-gpt-2.gguf"),
+    "gpt-oss": ("gpt-oss", "ggml-vocab-gpt-2.gguf"),
+    "gpt-oss-mxfp4": ("gpt-oss", "ggml-vocab-gpt-2.gguf"),
 }
 
 N_EMBD, N_HEAD, N_KV, N_FF = 64, 4, 2, 128
+
+# The default test tier rebuilds the models with stories260K's 512-token vocabulary (seconds);
+# llama.cpp's phi3 vocabulary loader looks up Phi-3's own special tokens, so phi3 keeps its own.
+SMALL_VOCAB = ROOT / "tests" / "data" / "stories260K.gguf"
+OWN_VOCAB = ("phi3",)
+
+
+def small_vocab(name: str) -> Optional[Path]:
+    return None if name in OWN_VOCAB else SMALL_VOCAB
 
 
 class Builder:
@@ -328,7 +337,7 @@ def build(name: str, out: Path, vocab_dir: Path = VOCAB_DIR, seed: int = 0, voca
                 "attention.temperature_scale": 0.5})
         b.embeddings(tied=False)
         _dense_layers(b, 2)
-    elif name.startswith("openai-moe"):  # gpt-oss: sinks, SWA every other layer, YaRN, biased router/experts
+    elif name.startswith("gpt-oss"):  # gpt-oss: sinks, SWA every other layer, YaRN, biased router/experts
         b.common(2, n_ff=32, key_length=True)
         b.kv(expert_count=4, expert_used_count=2, expert_feed_forward_length=32,
              **{"attention.sliding_window": 40, "rope.freq_base": 150000.0, "rope.scaling.type": "yarn",

@@ -47,8 +47,9 @@ class Arch:
     swa_needs_key: bool = True        # SWA only when attention.sliding_window is present and > 0
     swa_rope: str = "swa"             # SWA layers' RoPE: "swa" (rope.freq_base_swa), "plain" (olmo3: no scaling)
     no_rope_step: int = 0             # smollm3: every 4th layer has no RoPE
-    moe: Optional[Moe] = None         # always MoE (qwen2moe, qwen3moe, openai-moe)
+    moe: Optional[Moe] = None         # always MoE (qwen2moe, qwen3moe, gpt-oss)
     moe_if_router: Optional[Moe] = None  # MoE when blk.N.ffn_gate_inp exists (llama: Mixtral)
+    sinks: bool = False               # attention sinks (blk.N.attn_sinks), gpt-oss
     keys: tuple = ()                  # (Config field, key suffix, default): hyperparameters beyond the common ones
     setup: Optional[Callable] = None  # hparam rules that are code in llama.cpp (gemma2/3 attention scale)
 
@@ -108,7 +109,8 @@ ARCHITECTURES: dict[str, Arch] = {
                            ("beta_fast", "rope.scaling.yarn_beta_fast", 32.0),
                            ("beta_slow", "rope.scaling.yarn_beta_slow", 1.0),
                            ("yarn_log_mul", "rope.scaling.yarn_log_multiplier", 0.0))),
-    "openai-moe": Arch(ROPE_NEOX, "gpt-oss 20B/120B", ffn_norm="post_attention_norm", swa=2, swa_needs_key=False,
+    # llama.cpp's LLM_ARCH_OPENAI_MOE (src/models/openai-moe.cpp), "gpt-oss" in GGUF files
+    "gpt-oss": Arch(ROPE_NEOX, "gpt-oss 20B/120B", ffn_norm="post_attention_norm", swa=2, swa_needs_key=False, sinks=True,
                        moe=Moe("softmax_weight", norm_w=False, act="swiglu_oai"),
                        keys=(("n_ff_exp", "expert_feed_forward_length", None),
                              ("n_swa", "attention.sliding_window", None),

@@ -202,7 +202,7 @@ class Model:
                     need += ["ffn_gate_inp_shexp", "ffn_up_shexp", "ffn_gate_shexp", "ffn_down_shexp"]
             else:
                 need += ["ffn_up", "ffn_down"] + ([] if arch.ffn == "fused" else ["ffn_gate"])
-            if cfg.arch == "openai-moe":
+            if arch.sinks:
                 need += ["attn_sinks"]
             for part in need:
                 self._require(p + part + ".weight")

@@ -3,7 +3,8 @@
 
 The same graph evaluation callback llama-imatrix installs (cb_eval): for each MUL_MAT whose weight
 is a blk.* tensor (or output.weight with process_output) and whose input has >= 16 rows of F32, the
-squared inputs are added per column, row by row in float32, and the rows counted. The driver is
+squared inputs are added per column, row by row in float32, and the rows counted; for each
+MUL_MAT_ID (expert tensors) every routed row is added to its expert's sums and counts. The driver is
 llama-imatrix's compute_imatrix: chunks of n_ctx tokens, the first replaced by BOS, the KV cache
 cleared between chunks, all logits requested; perplexity over the second half of each chunk.
 The KV cache is F32 and flash attention off (as the parity tests ask) unless `defaults` is set.
@@ -42,16 +43,29 @@ def _filter_name(name: str) -> str:
     return name
 
 
-def _mul_mat_op() -> int:
+def _mul_mat_op(name: bytes = b"MUL_MAT") -> int:
+    import os
+
     import llama_cpp
 
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    lib_dir = os.environ.get("LLAMA_CPP_LIB_PATH") or str(Path(llama_cpp.__file__).parent / "lib")
+    lib = ctypes.CDLL(str(Path(lib_dir) / "libggml-base.so"))
     lib.ggml_op_name.restype = ctypes.c_char_p
     lib.ggml_op_name.argtypes = [ctypes.c_int]
     for op in range(200):
-        if lib.ggml_op_name(op) == b"MUL_MAT":
+        if lib.ggml_op_name(op) == name:
             return op
-    raise RuntimeError("GGML_OP_MUL_MAT not found")
+    raise RuntimeError(f"GGML_OP_{name.decode()} not found")
+
+
+def _tensor_view(t: GGMLTensor, dtype) -> np.ndarray:
+    """A host tensor's data as a strided (ne3, ne2, ne1, ne0) array."""
+    ne0, ne1, ne2, ne3 = t.ne
+    nb = t.nb
+    n_bytes = (ne3 - 1) * nb[3] + (ne2 - 1) * nb[2] + (ne1 - 1) * nb[1] + ne0 * nb[0]
+    raw = np.ctypeslib.as_array(ctypes.cast(t.data, ctypes.POINTER(ctypes.c_uint8)), shape=(n_bytes,))
+    return np.lib.stride_tricks.as_strided(raw.view(dtype), shape=(ne3, ne2, ne1, ne0),
+                                           strides=(nb[3], nb[2], nb[1], nb[0]))
 
 
 def collect(model_path: Path, text: str, n_ctx: int = 512, chunks: int = -1, process_output: bool = False,
@@ -59,11 +73,28 @@ def collect(model_path: Path, text: str, n_ctx: int = 512, chunks: int = -1, pro
     """Returns (stats {name: (values float32, count)}, per-chunk running perplexities)."""
     import llama_cpp as L
 
-    mul_mat = _mul_mat_op()
+    mul_mat, mul_mat_id = _mul_mat_op(), _mul_mat_op(b"MUL_MAT_ID")
     stats: dict[str, list] = {}
 
     def callback(t_ptr, ask, _user):
         t = ctypes.cast(t_ptr, ctypes.POINTER(GGMLTensor)).contents
+        if t.op == mul_mat_id:  # expert matmuls: all of them, per-expert sums and counts
+            if ask:
+                return True
+            src0 = ctypes.cast(t.src[0], ctypes.POINTER(GGMLTensor)).contents
+            src1 = ctypes.cast(t.src[1], ctypes.POINTER(GGMLTensor)).contents
+            ids = _tensor_view(ctypes.cast(t.src[2], ctypes.POINTER(GGMLTensor)).contents, np.int32)[0, 0]
+            x = _tensor_view(src1, np.float32)[0]  # (n_tokens, 1 or n_used, ne0)
+            n_as, ne0 = src0.ne[2], src1.ne[0]
+            e = stats.setdefault(_filter_name(src0.name.decode()),
+                                 [np.zeros(ne0 * n_as, np.float32), np.zeros(n_as, np.int64)])
+            for idx in range(ids.shape[1]):  # slot, then token, as collect_imatrix walks the ids
+                for row in range(ids.shape[0]):
+                    ex = int(ids[row, idx])
+                    v = x[row, idx % x.shape[1]]
+                    e[0][ex * ne0:(ex + 1) * ne0] += v * v
+                    e[1][ex] += 1
+            return True
         if t.op != mul_mat:
             return False
         src0 = ctypes.cast(t.src[0], ctypes.POINTER(GGMLTensor)).contents
@@ -155,7 +186,7 @@ def save(stats, out: Path, dataset: str, n_ctx: int) -> None:
 
     c = Collector(chunk_size=n_ctx, prompt_file=dataset)
     for name, (values, count) in stats.items():
-        c.stats[name] = Stats(values.copy(), np.array([count], np.int64))
+        c.stats[name] = Stats(values.copy(), np.array(count, np.int64).reshape(-1))  # one count, or one per expert
     c.chunk_done()
     save_imatrix(out, c)
 

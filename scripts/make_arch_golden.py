@@ -5,16 +5,14 @@ so that the default test tier can rebuild them in seconds.
 
 Per model NAME: `NAME/logits` (rows ROWS, first COLS columns, of the logits of TOKENS, through llama-cpp-python with an
 F32 KV cache and no flash attention) and, for the mixture-of-experts models, `NAME/imatrix/<tensor>`
-sums and counts from the llama-imatrix binary (-ctk f32 -ctv f32 -fa off, 2 chunks of 128 tokens
-of tests/data/calibration-en.txt).
+sums and counts as llama-imatrix collects them (through libllama: scripts/llama_imatrix_ctypes.py,
+F32 KV cache, no flash attention, 2 chunks of 128 tokens of tests/data/calibration-en.txt).
 
     python scripts/make_arch_golden.py [NAME ...]
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,12 +25,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 GOLDEN = ROOT / "tests" / "golden" / "arch_models.npz"
 TEXT = ROOT / "tests" / "data" / "calibration-en.txt"
-LLAMA_BIN = Path(os.environ.get("LLAMA_CPP_BIN", "/work/ref/build/bin"))
 N_TOKENS = 96
 ROWS = np.array([0, 1, 39, 40, 63, 64, 80, 95])  # around the sliding window (40) and the temperature step (64)
 COLS = 512  # the first 512 logits of a row (all of them but phi3's)
 MOE = ("mixtral", "qwen2moe", "qwen3moe", "gpt-oss")
-IMATRIX_ARGS = ("-c", "128", "--chunks", "2", "-ctk", "f32", "-ctv", "f32", "-fa", "off", "-t", "1")
+N_CTX, N_CHUNKS = 128, 2
 
 
 def golden_tokens() -> np.ndarray:
@@ -51,15 +48,21 @@ def reference_logits(model: Path, ids: np.ndarray) -> np.ndarray:
 
 
 def reference_imatrix(model: Path, out: Path) -> dict[str, np.ndarray]:
+    """llama-imatrix's collection through libllama (scripts/llama_imatrix_ctypes.py: MUL_MAT and
+    MUL_MAT_ID as its callback takes them), one chunk per batch."""
+    import llama_imatrix_ctypes
+
     from quantize_cli.formats.imatrix_file import load_imatrix
 
-    cmd = [str(LLAMA_BIN / "llama-imatrix"), "-m", str(model), "-f", str(TEXT), "-o", str(out), *IMATRIX_ARGS]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-2000:])
+    text = TEXT.read_text(encoding="utf-8")
+    stats, _ = llama_imatrix_ctypes.collect(model, text[:-1] if text.endswith("\n") else text, n_ctx=N_CTX,
+                                            chunks=N_CHUNKS)
+    llama_imatrix_ctypes.save(stats, out, str(TEXT), N_CTX)
     data = load_imatrix(out)
     arrays = {}
     for name in data.sums:
+        if "_exps" not in name and "gate_inp" not in name:  # the dense entries are checked elsewhere
+            continue
         arrays[f"imatrix/{name}/sums"] = data.sums[name]
         arrays[f"imatrix/{name}/counts"] = data.counts[name]
     return arrays
@@ -77,10 +80,7 @@ def main() -> None:
         for name in names:
             model = make_arch_models.build(name, Path(tmp) / f"{name}.gguf", vocab=make_arch_models.small_vocab(name))
             out[f"{name}/logits"] = reference_logits(model, ids)[ROWS, :COLS]
-            if name in MOE and not (LLAMA_BIN / "llama-imatrix").exists():
-                print(f"{name}: {LLAMA_BIN / 'llama-imatrix'} is absent, its imatrix entries are kept as they were")
-                out.update({k: v for k, v in old.items() if k.startswith(f"{name}/imatrix/")})
-            elif name in MOE:
+            if name in MOE:
                 for key, value in reference_imatrix(model, Path(tmp) / f"{name}.imatrix.gguf").items():
                     out[f"{name}/{key}"] = value
             print(f"{name}: logits range {np.ptp(out[f'{name}/logits']):.3f}")

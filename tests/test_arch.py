@@ -82,6 +82,27 @@ def test_mxfp4_experts_match_the_float_model(small_models):
     assert sum(c for _, c in counts["blk.0.ffn_up_exps"]) == 96 * 2  # every token, two experts each
 
 
+@pytest.mark.parametrize("name", MOE)
+def test_moe_imatrix_matches_llama_imatrix(name, small_models, golden, tmp_path):
+    """Per-expert in_sum2 and counts, as llama-imatrix collects MUL_MAT_ID inputs (one chunk per batch)."""
+    from quantize_cli.formats.imatrix_file import load_imatrix
+    from quantize_cli.imatrix.command import ImatrixOptions, compute_imatrix
+
+    compute_imatrix(small_models[name], ImatrixOptions(text_file=DATA / "calibration-en.txt",
+                                                       output=tmp_path / "ours.gguf", ctx_size=128, chunks=2,
+                                                       batch_size=128))
+    ours = load_imatrix(tmp_path / "ours.gguf")
+    prefix = f"{name}/imatrix/"
+    names = {k[len(prefix):].rsplit("/", 1)[0] for k in golden.files if k.startswith(prefix)}
+    assert names == {n for n in ours.sums if "_exps" in n or "gate_inp" in n}
+    experts = [n for n in names if "_exps" in n]
+    assert experts
+    for n in names:
+        assert list(ours.counts[n]) == list(golden[f"{prefix}{n}/counts"]), n
+        want = golden[f"{prefix}{n}/sums"]
+        assert np.abs(ours.sums[n] - want).max() < 1e-3 * np.abs(want).max(), n
+
+
 def test_refusal_names_the_supported_architectures(tmp_path):
     import gguf
 

@@ -116,3 +116,23 @@ def test_imatrix(name, arch_models, tmp_path):
                                                    chunks=3, process_output=True))
     worst = compare(tmp_path / "ours.gguf", tmp_path / "theirs.gguf", result.chunk_ppl, theirs_ppl)
     print(f"{name}: worst in_sum2 difference {worst:.2e}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_imatrix_through_libllama(name, arch_models, tmp_path):
+    """The same collection driven through libllama (scripts/llama_imatrix_ctypes.py, MUL_MAT and
+    MUL_MAT_ID as llama-imatrix's callback takes them), one chunk per batch."""
+    from test_imatrix_reference import _ctypes_ref, compare
+
+    from quantize_cli.imatrix.command import ImatrixOptions, compute_imatrix
+
+    ref = _ctypes_ref()
+    text_path = DATA / "calibration-en.txt"
+    text = text_path.read_text(encoding="utf-8")[:-1]
+    model = arch_models[name]
+    stats, theirs_ppl = ref.collect(model, text, n_ctx=128, chunks=3, process_output=True)
+    ref.save(stats, tmp_path / "theirs.gguf", str(text_path), 128)
+    result = compute_imatrix(model, ImatrixOptions(text_file=text_path, output=tmp_path / "ours.gguf", ctx_size=128,
+                                                   chunks=3, process_output=True, batch_size=128))
+    worst = compare(tmp_path / "ours.gguf", tmp_path / "theirs.gguf", result.chunk_ppl, theirs_ppl)
+    print(f"{name}: worst in_sum2 difference {worst:.2e}")

@@ -397,10 +397,14 @@ class Model:
         outs = np.zeros((n_used, T, n_embd), dtype=np.float32)
         merged = p + "ffn_gate_up_exps.weight" in self.tensors
         act = ACTIVATIONS[moe.act]
+        # rows grouped by expert, each group slot-major then by token, as llama-imatrix walks the ids
+        order = np.argsort(sel.T.reshape(-1), kind="stable")
+        bounds = np.searchsorted(sel.T.reshape(-1)[order], np.arange(n_exp + 1))
         for e in range(n_exp):
-            slot, tok = np.nonzero(sel.T == e)  # slot-major, as llama-imatrix walks the ids
-            if len(tok) == 0:
+            rows = order[bounds[e]:bounds[e + 1]]
+            if len(rows) == 0:
                 continue
+            slot, tok = np.divmod(rows, T)
             xe = h[tok]  # (n_e, n_embd)
             if merged:
                 gate, up = np.split(self._matmul(xe, p + "ffn_gate_up_exps", observe, (e, n_exp)), 2, axis=1)

@@ -71,7 +71,8 @@ def reference_imatrix(model: Path, out: Path) -> dict[str, np.ndarray]:
 def main() -> None:
     import make_arch_models
 
-    names = sys.argv[1:] or [n for n in make_arch_models.MODELS if n != "gpt-oss-mxfp4"]
+    skip = ("gpt-oss-mxfp4",) + make_arch_models.BENCH_ONLY
+    names = sys.argv[1:] or [n for n in make_arch_models.MODELS if n not in skip]
     old = dict(np.load(GOLDEN)) if GOLDEN.exists() else {}
     out = {k: v for k, v in old.items() if k.split("/")[0] not in names}
     ids = golden_tokens()

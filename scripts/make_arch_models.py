@@ -47,7 +47,11 @@ MODELS = {
     "mistral3": ("mistral3", "ggml-vocab-llama-spm.gguf"),
     "gpt-oss": ("gpt-oss", "ggml-vocab-gpt-2.gguf"),
     "gpt-oss-mxfp4": ("gpt-oss", "ggml-vocab-gpt-2.gguf"),
+    # for scripts/bench_imatrix.py, not the tests: Mixtral-style, n_embd 512, 8 layers of 8 experts
+    # (top 2) of n_ff 1024: 101 M expert weights
+    "mixtral-bench": ("llama", "ggml-vocab-llama-spm.gguf"),
 }
+BENCH_ONLY = ("mixtral-bench",)
 
 N_EMBD, N_HEAD, N_KV, N_FF = 64, 4, 2, 128
 
@@ -209,6 +213,8 @@ def build(name: str, out: Path, vocab_dir: Path = VOCAB_DIR, seed: int = 0, voca
     vocab = vocab or vocab_dir / vocab_file
     if not vocab.exists():
         vocab = ROOT / "tests" / "data" / "ggml-vocab-gpt-2.gguf"
+    if name == "mixtral-bench":
+        return _build_moe_bench(out, vocab, seed)
     b = Builder(out, arch, vocab, seed)
     if name in ("llama", "llama3"):
         b.common(2)
@@ -356,6 +362,27 @@ def build(name: str, out: Path, vocab_dir: Path = VOCAB_DIR, seed: int = 0, voca
     return out
 
 
+def _build_moe_bench(out: Path, vocab: Path, seed: int, n_embd: int = 512, n_layer: int = 8, n_expert: int = 8,
+                     n_ff: int = 1024) -> Path:
+    global N_EMBD, N_HEAD, N_KV, N_FF
+    saved = N_EMBD, N_HEAD, N_KV, N_FF
+    N_EMBD, N_HEAD, N_KV, N_FF = n_embd, 8, 2, n_ff  # the Builder's sizes, for this model only
+    try:
+        b = Builder(out, "llama", vocab, seed)
+        b.common(n_layer, n_ff=n_ff)
+        b.kv(expert_count=n_expert, expert_used_count=2, **{"rope.freq_base": 1e6})
+        b.embeddings(tied=False)
+        for il in range(n_layer):
+            b.norm(f"blk.{il}.attn_norm.weight")
+            b.attention(il)
+            b.norm(f"blk.{il}.ffn_norm.weight")
+            b.experts(il, n_expert, n_ff)
+        b.close()
+    finally:
+        N_EMBD, N_HEAD, N_KV, N_FF = saved
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", nargs="?")
@@ -370,7 +397,7 @@ def main() -> None:
         return
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in args.names or MODELS:
+    for name in args.names or [n for n in MODELS if n not in BENCH_ONLY]:
         path = build(name, out_dir / f"{name}.gguf", args.vocab_dir, args.seed, args.vocab)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import make_arch_models  # noqa: E402
 
-NAMES = [n for n in make_arch_models.MODELS if n != "gpt-oss-mxfp4"]
+NAMES = [n for n in make_arch_models.MODELS if n not in ("gpt-oss-mxfp4",) + make_arch_models.BENCH_ONLY]
 BIN = Path(os.environ.get("LLAMA_CPP_BIN", "/work/ref/build/bin"))
 PLAIN = ("-ctk", "f32", "-ctv", "f32", "-fa", "off")
 
@@ -36,7 +36,8 @@ def arch_models(tmp_path_factory):
     if not make_arch_models.VOCAB_DIR.is_dir():
         pytest.skip(f"{make_arch_models.VOCAB_DIR}: llama.cpp's vocabularies are absent (set LLAMA_CPP_VOCABS)")
     out = tmp_path_factory.mktemp("arch-ref")
-    return {n: make_arch_models.build(n, out / f"{n}.gguf") for n in make_arch_models.MODELS}
+    return {n: make_arch_models.build(n, out / f"{n}.gguf")
+            for n in make_arch_models.MODELS if n not in make_arch_models.BENCH_ONLY}
 
 
 def _tokens(model: Path, n: int) -> list[int]:

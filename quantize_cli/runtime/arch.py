@@ -110,12 +110,12 @@ ARCHITECTURES: dict[str, Arch] = {
                            ("beta_slow", "rope.scaling.yarn_beta_slow", 1.0),
                            ("yarn_log_mul", "rope.scaling.yarn_log_multiplier", 0.0))),
     # llama.cpp's LLM_ARCH_OPENAI_MOE (src/models/openai-moe.cpp), "gpt-oss" in GGUF files
-    "gpt-oss": Arch(ROPE_NEOX, "gpt-oss 20B/120B", ffn_norm="post_attention_norm", swa=2, swa_needs_key=False, sinks=True,
-                       moe=Moe("softmax_weight", norm_w=False, act="swiglu_oai"),
-                       keys=(("n_ff_exp", "expert_feed_forward_length", None),
-                             ("n_swa", "attention.sliding_window", None),
-                             ("rope_base_swa", "rope.freq_base_swa", "rope_base"),
-                             ("rope_scale_swa", "", "rope_freq_scale"))),
+    "gpt-oss": Arch(ROPE_NEOX, "gpt-oss 20B/120B", ffn_norm="post_attention_norm", swa=2, swa_needs_key=False,
+                    sinks=True, moe=Moe("softmax_weight", norm_w=False, act="swiglu_oai"),
+                    keys=(("n_ff_exp", "expert_feed_forward_length", None),
+                          ("n_swa", "attention.sliding_window", None),
+                          ("rope_base_swa", "rope.freq_base_swa", "rope_base"),
+                          ("rope_scale_swa", "", "rope_freq_scale"))),
 }
 
 
@@ -201,7 +201,8 @@ def read_config(meta: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> Config
     scaling = str(key("rope.scaling.type", "linear", required=False))
     if scaling not in ("none", "linear", "yarn", "longrope"):
         raise ModelError(f"RoPE scaling {scaling!r} is not supported (none, linear, yarn, longrope)")
-    factor = float(key("rope.scaling.factor", 0.0, required=False) or key("rope.scale_linear", 0.0, required=False) or 0.0)
+    factor = float(key("rope.scaling.factor", 0.0, required=False)
+                   or key("rope.scale_linear", 0.0, required=False) or 0.0)  # the old key name
     freq_scale = 1.0 if factor == 0.0 or scaling == "none" else 1.0 / factor
     n_ctx_train = int(key("context_length", 0, required=False) or 0)
     cfg = Config(

@@ -30,7 +30,8 @@ def rms_norm(x: np.ndarray, weight: Optional[np.ndarray], eps: float) -> np.ndar
 
 # --- RoPE -------------------------------------------------------------------------------------------
 
-def yarn_corr_dims(n_dims: int, n_ctx_orig: int, base: float, beta_fast: float, beta_slow: float) -> tuple[float, float]:
+def yarn_corr_dims(n_dims: int, n_ctx_orig: int, base: float, beta_fast: float,
+                   beta_slow: float) -> tuple[float, float]:
     """ggml_rope_yarn_corr_dims: the first and last dimension YaRN blends between."""
     def corr_dim(n_rot: float) -> float:
         return n_dims * math.log(n_ctx_orig / (n_rot * 2 * math.pi)) / (2 * math.log(base))

@@ -287,7 +287,7 @@ legacy .dat (--output-format dat). With --in-file and no text, files are merged 
 
 
 def imatrix(
-    model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Model GGUF (llama-family).", show_default=False),
+    model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Model GGUF (a family of the README's supported architectures).", show_default=False),
     model_opt: Optional[Path] = typer.Option(None, "-m", "--model", metavar="FNAME", help="Model GGUF (same as MODEL)."),
     text_file: Optional[Path] = typer.Option(None, "-f", "--file", metavar="FNAME", help="Calibration text (UTF-8)."),
     output: Path = typer.Option(Path("imatrix.gguf"), "-o", "--output", "--output-file", metavar="FNAME", help="Output file."),

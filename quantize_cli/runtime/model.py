@@ -288,6 +288,9 @@ class Model:
         self._cache: dict[str, np.ndarray] = {}
         self._cached_bytes = 0
         self.kv_f16 = False  # mimic llama.cpp's default F16 KV cache + flash attention (imatrix --kv-f16)
+        # round each matmul's input to the weight type's dot-product type, as llama.cpp's CPU
+        # backend does (kernels/activations.py); off for the imatrix, which records float inputs
+        self.act_rounding = False
 
     def _require(self, name: str) -> None:
         if name not in self.tensors:
@@ -315,6 +318,7 @@ class Model:
         if observe is not None:
             observe(name, x)
         w = self.weight(name + ".weight")
+        x = self._rounded(x, name + ".weight")
         BLAS.for_flops(2.0 * x.shape[0] * w.shape[0] * w.shape[1])
         y = x @ w.T
         bias = self.optional(name + ".bias")
@@ -378,7 +382,15 @@ class Model:
             return None
         w = self.weight(self.output_name)
         BLAS.for_flops(2.0 * (T - logits_from) * w.shape[0] * w.shape[1])
-        return h[logits_from:] @ w.T
+        return self._rounded(h[logits_from:], self.output_name) @ w.T
+
+    def _rounded(self, x: np.ndarray, weight_name: str) -> np.ndarray:
+        """x as llama.cpp's CPU backend feeds it to a product with this weight (act_rounding on)."""
+        if not self.act_rounding:
+            return x
+        from kernels.activations import round_activations
+
+        return round_activations(x, self.tensors[weight_name].type)
 
     def _attention(self, q, k, v, kq_scale, group, block: int = 128) -> np.ndarray:
         """Causal grouped-query attention; q (T, n_head, hd), k and v (T, n_kv, hd).

@@ -29,63 +29,90 @@ _ZERO = f32(0.0)
 # Q8_0 (and Q8_1's values): 32 activations per block, d = fp16(amax / 127). Mirrors the AVX2
 # quantize_row_q8_0 / quantize_row_q8_1 of ggml-cpu/arch/x86/quants.c, which x86 builds run
 # (not quantize_row_q8_0_ref): it multiplies by 127/amax and rounds half to even (_mm256_round_ps).
-@njit(cache=True, nogil=True, parallel=True)
-def round_q8_0_rows(x):
-    nrows, n = x.shape
-    y = np.empty((nrows, n), dtype=np.float32)
-    nb = n // 32
-    for r in prange(nrows):
-        for i in range(nb):
-            xs = x[r, i * 32:(i + 1) * 32]
-            amax = _ZERO
-            for j in range(32):
-                v = abs(xs[j])
-                amax = amax if amax > v else v
-            d = fp16_round(amax / _127)
-            iscale = _127 / amax if amax != _ZERO else _ZERO
-            for j in range(32):
-                y[r, i * 32 + j] = f32(nearest_int(xs[j] * iscale)) * d
-    return y
+@njit(cache=True, nogil=True)
+def _q8_0_row(x, y):
+    for i in range(x.shape[0] // 32):
+        xs = x[i * 32:(i + 1) * 32]
+        amax = _ZERO
+        for j in range(32):
+            v = abs(xs[j])
+            amax = amax if amax > v else v
+        d = fp16_round(amax / _127)
+        iscale = _127 / amax if amax != _ZERO else _ZERO
+        for j in range(32):
+            y[i * 32 + j] = f32(nearest_int(xs[j] * iscale)) * d
 
 
 # Q8_K: 256 activations per block, d = 1/iscale in float32, iscale = -127/max where max is the
 # signed value of largest magnitude (first one in index order). Mirrors quantize_row_q8_K_ref
 # (x86's quantize_row_q8_K calls it; the AVX2 4-row repack variant computes the same values).
-@njit(cache=True, nogil=True, parallel=True)
-def round_q8_k_rows(x):
-    nrows, n = x.shape
-    y = np.empty((nrows, n), dtype=np.float32)
-    nb = n // 256
-    for r in prange(nrows):
-        for i in range(nb):
-            xs = x[r, i * 256:(i + 1) * 256]
-            amax = _ZERO
-            mx = _ZERO
+@njit(cache=True, nogil=True)
+def _q8_k_row(x, y):
+    for i in range(x.shape[0] // 256):
+        xs = x[i * 256:(i + 1) * 256]
+        amax = _ZERO
+        mx = _ZERO
+        for j in range(256):
+            ax = abs(xs[j])
+            if ax > amax:
+                amax = ax
+                mx = xs[j]
+        if amax == _ZERO:
             for j in range(256):
-                ax = abs(xs[j])
-                if ax > amax:
-                    amax = ax
-                    mx = xs[j]
-            if amax == _ZERO:
-                for j in range(256):
-                    y[r, i * 256 + j] = _ZERO
-                continue
-            iscale = _M127 / mx
-            d = _ONE / iscale
-            for j in range(256):
-                v = nearest_int(iscale * xs[j])
-                y[r, i * 256 + j] = f32(min(127, v)) * d
+                y[i * 256 + j] = _ZERO
+            continue
+        iscale = _M127 / mx
+        d = _ONE / iscale
+        for j in range(256):
+            y[i * 256 + j] = f32(min(127, nearest_int(iscale * xs[j]))) * d
+
+
+@njit(cache=True, nogil=True)
+def _bf16_row(x, y):
+    for j in range(x.shape[0]):
+        y[j] = np.uint32(np.uint32(fp32_to_bf16(x[j])) << np.uint32(16)).view(np.float32)
+
+
+# Row drivers. Activations are small (one chunk: T x n_in); Numba's thread pool costs more than
+# it saves below PARALLEL_MIN values (measured 20 ms a call for 128 x 64 on a busy machine).
+PARALLEL_MIN = 1 << 18
+
+
+@njit(cache=True, nogil=True)
+def _rows_serial(x, kind):
+    y = np.empty_like(x)
+    for r in range(x.shape[0]):
+        if kind == 0:
+            _q8_0_row(x[r], y[r])
+        elif kind == 1:
+            _q8_k_row(x[r], y[r])
+        else:
+            _bf16_row(x[r], y[r])
     return y
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def round_bf16_rows(x):
-    nrows, n = x.shape
-    y = np.empty((nrows, n), dtype=np.float32)
-    for r in prange(nrows):
-        for j in range(n):
-            y[r, j] = np.uint32(np.uint32(fp32_to_bf16(x[r, j])) << np.uint32(16)).view(np.float32)
+def _rows_parallel(x, kind):
+    y = np.empty_like(x)
+    for r in prange(x.shape[0]):
+        if kind == 0:
+            _q8_0_row(x[r], y[r])
+        elif kind == 1:
+            _q8_k_row(x[r], y[r])
+        else:
+            _bf16_row(x[r], y[r])
     return y
+
+
+def _rows(kind: int):
+    def run(x):
+        return (_rows_parallel if x.size >= PARALLEL_MIN else _rows_serial)(x, kind)
+    return run
+
+
+round_q8_0_rows = _rows(0)
+round_q8_k_rows = _rows(1)
+round_bf16_rows = _rows(2)
 
 
 def _round_f16(x):

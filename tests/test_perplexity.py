@@ -184,7 +184,14 @@ def naive_q8_0_avx(x):
     return y
 
 
-def test_q8_k_rounding_is_ggml_q8_k():
+@pytest.fixture(params=["serial", "parallel"])
+def row_driver(request, monkeypatch):
+    import kernels.activations
+
+    monkeypatch.setattr(kernels.activations, "PARALLEL_MIN", 0 if request.param == "parallel" else 1 << 40)
+
+
+def test_q8_k_rounding_is_ggml_q8_k(row_driver):
     import kernels
     from kernels.activations import round_activations
     from kernels.gguf_compat import GGMLQuantizationType as T
@@ -199,7 +206,7 @@ def test_q8_k_rounding_is_ggml_q8_k():
     assert np.array_equal(round_activations(x, T.IQ4_XS), via_q8_k)
 
 
-def test_q8_0_rounding_is_the_avx2_quantizer():
+def test_q8_0_rounding_is_the_avx2_quantizer(row_driver):
     from kernels.activations import round_activations, vec_dot_type
     from kernels.gguf_compat import GGMLQuantizationType as T
 

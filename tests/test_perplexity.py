@@ -253,8 +253,6 @@ def test_cli_perplexity_and_kl_divergence_against_itself(tmp_path):
 
 
 def test_compare_json_and_markdown(tmp_path):
-    from quantize_cli.convert import convert
-
     q8 = tmp_path / "stories-q8_0.gguf"
     q4 = tmp_path / "stories-q4_0.gguf"
     r = runner.invoke(app, ["convert", str(STORIES), str(q8), "Q8_0", "--quiet"])
@@ -344,3 +342,16 @@ def test_every_command_has_help():
     for cmd in ("perplexity", "compare"):
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.stdout
+
+
+def test_compare_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'pyquantize[plot]')")
+    q8 = tmp_path / "q8.gguf"
+    assert runner.invoke(app, ["convert", str(STORIES), str(q8), "Q8_0", "--quiet"]).exit_code == 0
+    png = tmp_path / "kld.png"
+    r = runner.invoke(app, ["compare", str(STORIES), str(q8), "-f", str(TEXT), "-c", "64", "--chunks", "1", "-q",
+                            "--markdown", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "--plot x.txt: give a .png" in _error(["compare", str(STORIES), str(q8), "-f", str(TEXT), "--plot",
+                                                  str(tmp_path / "x.txt")]).replace(str(tmp_path) + "/", "")

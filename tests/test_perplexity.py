@@ -355,3 +355,34 @@ def test_compare_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "--plot x.txt: give a .png" in _error(["compare", str(STORIES), str(q8), "-f", str(TEXT), "--plot",
                                                   str(tmp_path / "x.txt")]).replace(str(tmp_path) + "/", "")
+
+
+def test_nan_names_the_layer(tmp_path):
+    import gguf
+    from gguf import GGUFReader
+
+    src = GGUFReader(STORIES)
+    for bad, where in (("blk.1.ffn_up.weight", r"after layer 1 \(blk.1\)"), ("output.weight", "output layer")):
+        p = tmp_path / f"nan-{bad}.gguf"
+        w = gguf.GGUFWriter(str(p), "llama")
+        for field in src.fields.values():
+            if field.name.startswith("llama.") or field.name.startswith("tokenizer."):
+                value = field.contents()
+                vtype = field.types[0]
+                if vtype == gguf.GGUFValueType.ARRAY:
+                    w.add_key_value(field.name, value, vtype, sub_type=field.types[-1])
+                else:
+                    w.add_key_value(field.name, value, vtype)
+        for t in src.tensors:
+            data = np.array(t.data, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+            if t.name == bad:
+                data = data.copy()
+                data[:, 0] = np.nan
+            w.add_tensor(t.name, data)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        import re
+
+        assert re.search(where, _error(["perplexity", str(p), "-f", str(TEXT), "-c", "64", "--chunks", "1"]))

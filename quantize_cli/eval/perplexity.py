@@ -127,7 +127,11 @@ class ChunkRunner:
         chunk = np.array(tokens[i * n_ctx:(i + 1) * n_ctx], dtype=np.int64)
         if self.add_bos and self.bos_id is not None:
             chunk[0] = self.bos_id  # llama-perplexity puts BOS in the first position of each chunk
+        # forward() names the layer where activations stop being finite; the output product is after it
         logits = self.model.forward(chunk, logits_from=self.first)[:self.n_scored]
+        if not np.isfinite(logits).all():
+            raise EvalError(f"non-finite logits (NaN or Inf) from the output layer ({self.model.output_name}) in chunk "
+                            f"{i + 1}; the model's output weights are probably damaged")
         targets = np.asarray(tokens[i * n_ctx + self.first + 1:(i + 1) * n_ctx], dtype=np.int64)
         return logits, targets
 

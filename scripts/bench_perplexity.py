@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare", action="store_true", help="also time compare with 4 candidates against separate runs")
+    ap.add_argument("--compare-chunks", type=int, default=1, help="chunks for the compare timing (default 1)")
     ap.add_argument("--json", type=Path, help="write the figures to this file")
     a = ap.parse_args()
     if not a.model.exists():
@@ -104,7 +105,7 @@ def main() -> None:
     print(f"  wall      ours {mine.wall:.1f} s   llama-perplexity {ref.wall:.1f} s")
     print(f"  peak RSS  ours {mine.rss_mb:.0f} MB   llama-perplexity {ref.rss_mb:.0f} MB")
     if a.compare:
-        res.update(bench_compare(a, common))
+        res.update(bench_compare(a, ["-f", str(a.text), "-c", str(a.ctx), "--chunks", str(a.compare_chunks)]))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=2) + "\n")

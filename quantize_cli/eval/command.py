@@ -121,10 +121,9 @@ def perplexity(
                     sys.stdout.write(item)
                     sys.stdout.flush()
 
-        if not quiet and not as_json:
-            if kl_divergence:
-                typer.echo("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence"
-                           "              Δp RMS            Same top p")
+        if kl_divergence and not quiet and not as_json:
+            typer.echo("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence"
+                       "              Δp RMS            Same top p")
         with rep.progress:
             result = evaluate(path, opts, on_chunk=on_chunk, on_start=rep.on_start)
     except PyquantizeError as exc:
@@ -139,7 +138,7 @@ def perplexity(
         typer.echo(json.dumps(doc, indent=2))
         return
     if result.kld is None:
-        sys.stdout.write(("\n".join(items) if False else "".join(items)) + "\n")
+        sys.stdout.write("".join(items) + "\n")  # the [i]PPL list (printed live when no bar holds the terminal)
     elif items:
         typer.echo("\n".join(items))
     for w in result.warnings:

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # llama.cpp as the reference (compiles it: ~4 min on 2 cores, then cached by pip)
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 
-.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e lint golden clean
+.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-perplexity lint golden clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -28,13 +28,17 @@ test-all:
 
 # Kernels against ggml_quantize_chunk, then whole conversions against llama-quantize (needs
 # scripts/build_llama_cpp.sh or $$LLAMA_QUANTIZE; generates its inputs into ~/.cache/pyquantize-bench)
-bench: bench-kernels bench-e2e
+bench: bench-kernels bench-e2e bench-perplexity
 
 bench-kernels:
 	$(BIN)/python scripts/bench_kernels.py
 
 bench-e2e:
 	$(BIN)/python scripts/bench.py --json bench-out/e2e.json
+
+# perplexity tokens/s and peak RSS against llama-perplexity (SmolLM2-135M F16; see the script's docstring)
+bench-perplexity:
+	$(BIN)/python scripts/bench_perplexity.py --compare --json bench-out/perplexity.json
 
 lint:
 	$(BIN)/python -m compileall -q quantize_cli kernels scripts tests

@@ -21,6 +21,8 @@ from .errors import PyquantizeError
 LAZY_COMMANDS = {
     "imatrix": ("quantize_cli.imatrix.command", "imatrix",
                 "Compute an importance matrix over calibration text, as llama-imatrix does."),
+    "perplexity": ("quantize_cli.eval.command", "perplexity", "Perplexity and KL divergence over a text, as llama-perplexity does."),
+    "compare": ("quantize_cli.eval.command", "compare", "Compare quantized models with their base: PPL, KL divergence, size."),
 }
 
 

@@ -178,6 +178,9 @@ class Model:
         self._cache: dict = {}
         self._cached_bytes = 0
         self.kv_f16 = False  # mimic llama.cpp's default F16 KV cache + flash attention (imatrix --kv-f16)
+        # round each matmul's input to the weight type's dot-product type, as llama.cpp's CPU
+        # backend does (kernels/activations.py); off for the imatrix, which records float inputs
+        self.act_rounding = False
         self.n_ctx: Optional[int] = None  # the context size llama.cpp would run with (LongRoPE's choice); None: T
 
     def _check_tensors(self) -> None:
@@ -241,6 +244,7 @@ class Model:
         w = self.weight(name + ".weight", None if expert is None else expert[0])
         if w.ndim == 1:  # a one-row matrix stored as a vector (qwen2moe's ffn_gate_inp_shexp)
             w = w[None, :]
+        x = self._rounded(x, name + ".weight")
         BLAS.for_flops(2.0 * x.shape[0] * w.shape[0] * w.shape[1])
         y = x @ w.T
         bias = self.optional(name + ".bias")
@@ -286,7 +290,7 @@ class Model:
             return None
         w = self.weight(self.output_name)
         BLAS.for_flops(2.0 * (T - logits_from) * w.shape[0] * w.shape[1])
-        out = h[logits_from:] @ w.T
+        out = self._rounded(h[logits_from:], self.output_name) @ w.T
         bias = self.optional("output.bias")
         if bias is not None:
             out = out + bias
@@ -295,6 +299,14 @@ class Model:
         if cfg.final_softcap:
             out = np.tanh(out * np.float32(1.0 / cfg.final_softcap)) * np.float32(cfg.final_softcap)
         return out
+
+    def _rounded(self, x: np.ndarray, weight_name: str) -> np.ndarray:
+        """x as llama.cpp's CPU backend feeds it to a product with this weight (act_rounding on)."""
+        if not self.act_rounding:
+            return x
+        from kernels.activations import round_activations
+
+        return round_activations(x, self.tensors[weight_name].type)
 
     def _rope_tables(self, T: int) -> dict:
         """cos/sin per distinct RoPE setting of the layers: {"full": ..., "swa": ...}."""

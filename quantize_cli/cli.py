@@ -132,6 +132,9 @@ def _parse_positional(args: list[str]):
     except PyquantizeError:
         if len(rest) < 2:
             fail(f"{rest[0]!r} is not a file type, and no TYPE follows it; run `pyquantize types` for the list")
+        from .formats.output import check_output_name
+
+        check_output_name(rest[0])
         out = Path(rest[0])
         ftype, name = parse_file_type(rest[1])
         rest = rest[2:]

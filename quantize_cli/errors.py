@@ -26,3 +26,12 @@ class OutputError(PyquantizeError):
 
 class KernelError(PyquantizeError):
     """A type has no kernel yet, or the data cannot be quantized (NaN/Inf weights)."""
+
+
+def excerpt(value: str | bytes, limit: int = 80) -> str:
+    """A short, escaped excerpt of text or bytes read from a file (or a library's message about
+    them), for an error line: never more than `limit` characters of it, never a raw newline."""
+    if isinstance(value, bytes):
+        value = value[:limit].decode("utf-8", errors="backslashreplace") + ("..." if len(value) > limit else "")
+    text = value.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."

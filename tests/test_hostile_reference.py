@@ -110,7 +110,7 @@ def test_what_we_refuse_gguf_refuses(so, tmp_path):
                          ids=lambda t: t.name)
 def test_row_validation_matches_ggml(so, qtype):
     block, size = GGML_QUANT_SIZES[qtype]
-    n = block * max(1, 256 // block)
+    n = block * max(2, 512 // block)
     rng = np.random.default_rng(int(qtype))
     rows = rng.standard_normal((4, n)).astype(np.float32)
     q = np.ascontiguousarray(kernels.quantize(rows, qtype, np.ones(n, np.float32)).reshape(4, -1))

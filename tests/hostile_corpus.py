@@ -125,6 +125,18 @@ class Model:
                 return
         self.kvs.append((key.encode(), pair))
 
+    def tensor_bytes(self, info: Info, nbytes: int) -> bytes:
+        return self.data[info.offset:info.offset + nbytes]
+
+    def relayout(self, tensors: list[tuple[Info, bytes]]) -> None:
+        """Replace the tensors (infos and data), with offsets laid out as gguf.cpp requires."""
+        self.infos, data = [], b""
+        for info, blob in tensors:
+            info.offset = len(data)
+            self.infos.append(info)
+            data += blob + bytes(-len(blob) % self.alignment)
+        self.data = data
+
     def head_bytes(self) -> bytes:
         n_t = len(self.infos) if self.n_tensors is None else self.n_tensors
         n_kv = len(self.kvs) if self.n_kv is None else self.n_kv
@@ -544,6 +556,11 @@ def _huge_count() -> bytes:
 
 # --- non-regular files ---------------------------------------------------------------------------
 
+HF_CONFIG = (b'{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, '
+             b'"intermediate_size": 172, "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 4, '
+             b'"vocab_size": 32, "rms_norm_eps": 1e-5, "max_position_embeddings": 128}')
+
+
 def fifo_cases() -> Iterator[Case]:
     """A FIFO blocks open() until a writer appears: each must be refused before it is opened."""
     def case(cid, argv_of, *fragments):
@@ -566,6 +583,9 @@ def fifo_cases() -> Iterator[Case]:
                                                 "-o", str(d / "i.gguf")], "FIFO")
     yield case("FIFO as imatrix --in-file", lambda d: ["imatrix", "--in-file", str(d / "fifo"),
                                                        "-o", str(d / "i.gguf")], "FIFO")
+    yield case("FIFO as a safetensors shard", lambda d: (d / "hf").mkdir() or put(d / "hf" / "config.json", HF_CONFIG)
+               or os.mkfifo(d / "hf" / "model.safetensors") or
+               ["convert", str(d / "hf"), str(d / "o.gguf"), "Q8_0", "--no-vocab"], "FIFO")
     yield case("FIFO as convert OUT", lambda d: ["convert", str(d / "in.gguf"), str(d / "fifo"), "Q8_0"], "FIFO")
 
 
@@ -631,7 +651,12 @@ def accepted_cases() -> list[tuple[str, bytes, str, bytes | None]]:
     good = stories()
     blob = stories_bytes()
     m = good.copy(); m.kvs.append((b"bad.\xff\xfekey", kv_bytes(b"bad.\xff\xfekey", U32, 1)))
+    scalar = good.copy()  # a 0-dimensional F32 tensor: one element, as ggml reads it
+    sizes = [4 * _count(i.ne) for i in good.infos]  # every stories260K tensor is F32
+    scalar.relayout([(i, good.tensor_bytes(i, n)) for i, n in zip(good.infos, sizes)]
+                    + [(Info(b"extra.scalar", [], 0, 0), struct.pack("<f", 0.5))])
     return [
+        ("0-dimensional tensor", scalar.to_bytes(), "Q8_0", None),
         ("huge weight in a kept F32 tensor", f32_at(stories(), "output_norm.weight", 5, 1e5).to_bytes(), "F16", None),
         ("3e38 weight, F32 target", f32_at(stories(), "blk.1.attn_q.weight", 7, 3e38).to_bytes(), "F32", None),
         ("6e4 weight, Q8_0 (scale fits fp16)", f32_at(stories(), "blk.1.attn_q.weight", 7, 6e4).to_bytes(), "Q8_0",
@@ -639,3 +664,10 @@ def accepted_cases() -> list[tuple[str, bytes, str, bytes | None]]:
         ("GGUF version 2", blob[:4] + struct.pack("<I", 2) + blob[8:], "Q8_0", blob),
         ("key that is not UTF-8", m.to_bytes(), "Q8_0", None),
     ]
+
+
+def _count(ne: list[int]) -> int:
+    n = 1
+    for d in ne:
+        n *= d
+    return n

@@ -46,12 +46,38 @@ def big_model(tmp_path_factory) -> Path:
     return path
 
 
-def run_and_kill(argv: list[str], cwd: Path, after: float, env: dict | None = None) -> int:
+def writing(pid: int, directory: Path) -> bool:
+    """Whether the process has an output open in `directory` (an unnamed O_TMPFILE shows in
+    /proc as 'DIR/#inode (deleted)', the fallback as its .part name)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory) + "/") and ("(deleted)" in target or target.endswith(".part")):
+            return True
+    return False
+
+
+def run_and_kill(argv: list[str], cwd: Path, after: float | None, env: dict | None = None) -> tuple[int, bool]:
+    """Start the command and SIGKILL it `after` seconds later (None: as soon as it writes its
+    output). Returns the exit status and whether it was writing its output when killed."""
     proc = subprocess.Popen([sys.executable, "-m", "quantize_cli.cli", *argv], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(after)
+    if after is None:
+        deadline = time.monotonic() + 600
+        while not writing(proc.pid, cwd) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+    else:
+        time.sleep(after)
+    was_writing = writing(proc.pid, cwd)
     proc.send_signal(signal.SIGKILL)
-    return proc.wait(timeout=60)
+    return proc.wait(timeout=60), was_writing
 
 
 def full_run_seconds(argv: list[str], cwd: Path) -> float:
@@ -70,15 +96,18 @@ def test_kill_convert_leaves_nothing(big_model, tmp_path):
     out.write_bytes(b"the previous OUT")
     (work / "neighbour.txt").write_bytes(b"keep me")
     before, model_sha = listing(work), sha(big_model)
-    for fraction in (0.1, 0.35, 0.6, 0.85, 0.97):
-        rc = run_and_kill(argv, work, seconds * fraction)
+    n_writing = 0
+    for fraction in (0.1, 0.35, 0.6, 0.85, 0.97, None):
+        rc, was_writing = run_and_kill(argv, work, None if fraction is None else seconds * fraction)
+        n_writing += was_writing
         assert rc == -signal.SIGKILL or rc == 0
         if rc == 0:  # finished before the kill: a whole new OUT, nothing else
             assert sorted(listing(work)) == sorted(before)
             out.write_bytes(b"the previous OUT")
             continue
-        assert listing(work) == before, f"killed at {fraction:.0%} of {seconds:.1f} s"
+        assert listing(work) == before, f"killed at {fraction} of {seconds:.1f} s"
     assert sha(big_model) == model_sha
+    assert n_writing >= 1, "no kill landed while the output was being written"
 
 
 def test_kill_with_named_temp_fallback_then_cleanup(big_model, tmp_path):
@@ -87,9 +116,9 @@ def test_kill_with_named_temp_fallback_then_cleanup(big_model, tmp_path):
     out = work / "big-q8_0.gguf"
     argv = ["convert", str(big_model), str(out), "Q8_0", "--quiet", "--threads", "1"]
     env = {**os.environ, "PYQUANTIZE_NO_TMPFILE": "1"}
-    seconds = full_run_seconds(argv, work)
+    full_run_seconds(argv, work)  # warms Numba's cache
     out.unlink()
-    assert run_and_kill(argv, work, seconds * 0.5, env) == -signal.SIGKILL
+    assert run_and_kill(argv, work, None, env) == (-signal.SIGKILL, True)
     left = [p for p in work.iterdir() if p.name.startswith(f".{out.name}.pyquantize-")]
     assert len(left) == 1, "the fallback leaves its named temp file after SIGKILL"
     old = time.time() - 3600
@@ -108,7 +137,7 @@ def test_kill_imatrix_leaves_nothing(tmp_path):
     (tmp_path / "i.gguf").write_bytes(b"the previous imatrix")
     before = listing(tmp_path)
     for fraction in (0.2, 0.5, 0.8):
-        rc = run_and_kill(argv, tmp_path, seconds * fraction)
+        rc, _ = run_and_kill(argv, tmp_path, seconds * fraction)
         now = listing(tmp_path)
         assert set(now) == set(before), f"killed at {fraction:.0%}: {sorted(set(now) ^ set(before))}"
         # OUT is either as it was or a complete imatrix written at an -ofreq checkpoint

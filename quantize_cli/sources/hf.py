@@ -34,6 +34,7 @@ import gguf
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import SourceError, excerpt
+from ..formats.output import check_input_file
 from ..formats.values import KV
 from .base import Source, TensorRef
 from .hf_vocab import HFVocab, _read_json
@@ -395,6 +396,7 @@ def _read_shards(path: Path) -> list[tuple[str, str, list[int], Path, int, int]]
     in_parts: dict[str, str] = {}
     for part in parts:
         shard = path / part
+        check_input_file(shard, "safetensors file", SourceError)  # a FIFO would block the open
         try:
             with safe_open(str(shard), framework="numpy"):  # validates the header against the file size
                 pass

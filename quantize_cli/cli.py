@@ -195,6 +195,10 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
             _print_plan(plan, json_out)
         return
 
+    if tensor_type_file is not None:  # convert() guards IN and --imatrix; this input is the CLI's
+        from .formats.output import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs([out], [tensor_type_file])
     # --quiet / --json print nothing through rich, so they do not load it (~20 ms)
     console = None if quiet or json_out else _stderr_console()
     show_progress = console is not None and console.is_terminal

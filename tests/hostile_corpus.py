@@ -468,6 +468,9 @@ def cli_cases() -> Iterator[Case]:
     yield case("convert OUT is the imatrix", lambda d: put(d / "im.gguf", imatrix_gguf(good_imatrix_entries()))
                or ["convert", str(d / "in.gguf"), str(d / "im.gguf"), "Q4_0", "--imatrix", str(d / "im.gguf")],
                "output is the input")
+    yield case("convert OUT is the tensor-type-file", lambda d: put(d / "tt.txt", b"attn_v=q8_0\n") or
+               ["convert", str(d / "in.gguf"), str(d / "tt.txt"), "Q8_0", "--tensor-type-file", str(d / "tt.txt")],
+               "output is the input")
     yield case("convert IN is a directory without a model",
                lambda d: (d / "empty").mkdir() or ["convert", str(d / "empty"), str(d / "o.gguf"), "Q8_0"])
     yield case("convert IN missing", lambda d: ["convert", str(d / "nothing.gguf"), str(d / "o.gguf"), "Q8_0"],
@@ -531,12 +534,24 @@ def imatrix_command_cases() -> Iterator[Case]:
                run_args(d, d / "i.gguf"), "offset")
     yield case("imatrix model block_count string", lambda d: put(d / "in.gguf", _block_count_str()) or
                run_args(d, d / "i.gguf"), "block_count")
+    yield case("imatrix model shape lies", lambda d: put(d / "in.gguf", _shape_lie()) or
+               run_args(d, d / "i.gguf"), "wrong shape")
     yield case("imatrix in-file truncated", lambda d: put(d / "old.gguf", 
         imatrix_gguf(good_imatrix_entries())[:300]) or run_args(d, d / "i.gguf") + ["--in-file", str(d / "old.gguf")])
     yield case("imatrix in-file count too large", lambda d: put(d / "old.gguf", _huge_count()) or
                ["--in-file", str(d / "old.gguf"), "-o", str(d / "i.gguf")], "count")
     yield case("imatrix ctx 0", lambda d: [str(d / "in.gguf"), "-f", str(d / "text.txt"), "-o", str(d / "i.gguf"),
                                           "-c", "0"], "ctx-size")
+
+
+def _shape_lie() -> bytes:
+    """blk.0.attn_q.weight stored as [0, 64]: a valid GGUF whose shape contradicts its hparams."""
+    good = stories()
+    tensors = [(i, good.tensor_bytes(i, 4 * _count(i.ne))) for i in good.infos]
+    tensors[3] = (Info(tensors[3][0].name, [0, 64], 0, 0), b"")
+    m = good.copy()
+    m.relayout(tensors)
+    return m.to_bytes()
 
 
 def _overlap() -> bytes:
@@ -655,8 +670,11 @@ def accepted_cases() -> list[tuple[str, bytes, str, bytes | None]]:
     sizes = [4 * _count(i.ne) for i in good.infos]  # every stories260K tensor is F32
     scalar.relayout([(i, good.tensor_bytes(i, n)) for i, n in zip(good.infos, sizes)]
                     + [(Info(b"extra.scalar", [], 0, 0), struct.pack("<f", 0.5))])
+    padded = good.copy()  # [64, 64, 1, 1]: trailing 1s are no dimensions (ggml_n_dims is 2)
+    padded.infos[3] = Info(good.infos[3].name, good.infos[3].ne + [1, 1], 0, good.infos[3].offset)
     return [
         ("0-dimensional tensor", scalar.to_bytes(), "Q8_0", None),
+        ("trailing dimensions of 1", padded.to_bytes(), "Q8_0", blob),
         ("huge weight in a kept F32 tensor", f32_at(stories(), "output_norm.weight", 5, 1e5).to_bytes(), "F16", None),
         ("3e38 weight, F32 target", f32_at(stories(), "blk.1.attn_q.weight", 7, 3e38).to_bytes(), "F32", None),
         ("6e4 weight, Q8_0 (scale fits fp16)", f32_at(stories(), "blk.1.attn_q.weight", 7, 6e4).to_bytes(), "Q8_0",

@@ -3,7 +3,7 @@ OUT's directory holds exactly what it held before (OUT's old contents included),
 On Linux the output is an unnamed O_TMPFILE until complete, so nothing can be left; with the
 named-temp fallback a killed run leaves its locked temp, and the next run removes it.
 
-Slow tier: the model is generated (scripts/make_synthetic.py, ~280 MB F32) once per session.
+Slow tier: the model is generated (scripts/make_synthetic.py, ~320 MB F32) once per session.
 """
 
 from __future__ import annotations

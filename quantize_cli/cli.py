@@ -70,7 +70,9 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from .errors import one_line
+
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 

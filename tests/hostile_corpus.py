@@ -350,6 +350,9 @@ def weight_cases() -> Iterator[Case]:
         ("nan weight", "blk.2.attn_k.weight", 10, float("nan"), "Q8_0", ("blk.2.attn_k.weight", "NaN")),
         ("inf in a kept F32 tensor", "output_norm.weight", 3, float("inf"), "Q8_0", ("output_norm.weight",)),
     ]
+    m = f32_at(stories(), "blk.2.attn_k.weight", 10, float("nan"))
+    m.info("blk.2.attn_k.weight").name = "blk.2.attn_k\n\u2028.weight".encode()
+    yield _model_case("nan weight in a tensor named with line breaks", "weights", m.to_bytes(), "NaN")
     for cid, tensor, index, value, ftype, frags in specs:
         blob = f32_at(stories(), tensor, index, value).to_bytes()
         yield _model_case(cid, "weights", blob, *frags, ftype=ftype)
@@ -422,6 +425,9 @@ def imatrix_cases() -> Iterator[Case]:
     yield convert_with("legacy imatrix negative name length",
                        struct.pack("<ii", 1, -5) + b"x" * 64, name="im.dat")
     yield convert_with("imatrix empty file", b"", name="im.dat")
+    long_name = b"blk." + b"\xe2\x80\xa8x" * 30000  # 90 KB of name (with U+2028 line separators)
+    yield convert_with("legacy imatrix with a 90 KB name", struct.pack("<ii", 1, len(long_name)) + long_name
+                       + struct.pack("<ii", 1, 0), "0 values", name="im.dat")
 
 
 # --- command lines -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from ..errors import ImatrixError
+from ..errors import ImatrixError, excerpt
 
 if TYPE_CHECKING:  # the collector (imatrix/) is above this module; the writers only read its fields
     from ..imatrix.collector import Collector
@@ -202,11 +202,11 @@ def _read_legacy(path: Path) -> _Raw:
             name = raw_name.decode("utf-8")
         except UnicodeDecodeError:
             raise ImatrixError(f"{path}: not an imatrix file (entry {i + 1}'s name is not text)") from None
-        ncall, nval = take("<ii", f"entry {name!r}'s header")
+        ncall, nval = take("<ii", f"entry '{excerpt(name)}'s header")
         if nval < 1:
-            raise ImatrixError(f"{path}: corrupt legacy imatrix: entry {name!r} has {nval} values")
+            raise ImatrixError(f"{path}: corrupt legacy imatrix: entry '{excerpt(name)}' has {nval} values")
         if pos + 4 * nval > len(data):
-            raise ImatrixError(f"{path}: truncated legacy imatrix: entry {name!r} needs {nval} values "
+            raise ImatrixError(f"{path}: truncated legacy imatrix: entry '{excerpt(name)}' needs {nval} values "
                                f"but the file ends first")
         sums[name] = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval

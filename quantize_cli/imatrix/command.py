@@ -324,7 +324,9 @@ def imatrix(
              from_chunk, output_frequency, save_frequency, process_output, ppl, parse_special, in_file,
              show_stats, threads, kv_f16, quiet, batch_size, ubatch_size)
     except PyquantizeError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from ..errors import one_line
+
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)

@@ -137,15 +137,16 @@ class _Temp:
         self.named: Path | None = None
         self.fd = -1
         mode = 0o666 & ~_umask()
+        _remove_stale(self.directory)  # a dead fallback run's file, or one killed between link and rename
         flag = getattr(os, "O_TMPFILE", 0)
-        if flag and not os.environ.get("PYQUANTIZE_NO_TMPFILE"):
+        # the unnamed file is reopened and linked through /proc/self/fd: both must be there
+        if flag and not os.environ.get("PYQUANTIZE_NO_TMPFILE") and os.path.isdir("/proc/self/fd"):
             try:
                 self.fd = os.open(self.directory, flag | os.O_RDWR | os.O_CLOEXEC, mode)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
                     raise
         if self.fd < 0:
-            _remove_stale(self.directory)
             fd, name = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}", suffix=".part", dir=self.directory)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alive: the next run must not remove it
             self.fd, self.named = fd, Path(name)

@@ -149,3 +149,63 @@ def test_weight_cases_as_llama_quantize(so, tmp_path):
         assert (result.exit_code == 0) == (rc == 0), f"{cid}: ours exit {result.exit_code} ({result.stderr.strip()}), llama.cpp rc {rc}"
         if rc == 0:
             assert ours.read_bytes() == theirs.read_bytes(), f"{cid}: outputs differ"
+
+
+def _llama_quantize():
+    import os
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for c in (os.environ.get("PYQUANTIZE_LLAMA_QUANTIZE"),
+              os.path.join(os.environ.get("LLAMA_CPP_BUILD", str(root.parent / "ref" / "build")), "bin", "llama-quantize"),
+              shutil.which("llama-quantize")):
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return Path(c)
+    return None
+
+
+def test_llama_quantize_tool_agrees_on_the_corpus(tmp_path):
+    """Every malformed model of the corpus, every weight case and every accepted case through the
+    llama-quantize tool built from the same sources: where it writes a file, we write the same
+    bytes; where it refuses, we refuse."""
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from quantize_cli.cli import app
+
+    tool = _llama_quantize()
+    if tool is None:
+        pytest.skip("llama-quantize is not built (scripts/build_llama_cpp.sh, or set PYQUANTIZE_LLAMA_QUANTIZE "
+                    "or LLAMA_CPP_BUILD)")
+    files, seen = [], set()
+    for c in corpus.all_cases():
+        if c.gguf is not None and c.gguf not in seen:
+            seen.add(c.gguf)
+            argv = c.build(tmp_path)
+            files.append((c.id, c.gguf, argv[3] if argv[0] == "convert" else "Q8_0"))
+    files += [(f"accepted: {cid}", blob, ftype) for cid, blob, ftype, _ in corpus.accepted_cases()]
+    src, ours, theirs = tmp_path / "in.gguf", tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    disagree, counts = [], {"both refuse": 0, "both write the same": 0}
+    for cid, blob, ftype in files:
+        src.write_bytes(blob)
+        for p in (ours, theirs):
+            p.unlink(missing_ok=True)
+        result = CliRunner().invoke(app, ["convert", str(src), str(ours), ftype, "1", "--quiet"])
+        proc = subprocess.run([str(tool), str(src), str(theirs), ftype, "1"], capture_output=True, timeout=300)
+        we_ok, they_ok = result.exit_code == 0, proc.returncode == 0 and theirs.exists()
+        if we_ok and they_ok:
+            if ours.read_bytes() != theirs.read_bytes():
+                disagree.append(f"{cid}: both write, the bytes differ")
+            else:
+                counts["both write the same"] += 1
+        elif not we_ok and not they_ok:
+            counts["both refuse"] += 1
+        elif we_ok:
+            disagree.append(f"{cid}: we write a file, llama-quantize refuses "
+                            f"({proc.stderr.decode(errors='replace').strip().splitlines()[-1:]})")
+        else:
+            disagree.append(f"{cid}: llama-quantize writes a file, we refuse ({result.stderr.strip()})")
+    print(f"{len(files)} models: {counts}")
+    assert not disagree, "\n".join(disagree)

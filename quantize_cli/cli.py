@@ -72,7 +72,9 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from .errors import one_line
+
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -134,6 +136,9 @@ def _parse_positional(args: list[str]):
     except PyquantizeError:
         if len(rest) < 2:
             fail(f"{rest[0]!r} is not a file type, and no TYPE follows it; run `pyquantize types` for the list")
+        from .formats.output import check_output_name
+
+        check_output_name(rest[0])
         out = Path(rest[0])
         ftype, name = parse_file_type(rest[1])
         rest = rest[2:]
@@ -194,6 +199,10 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
             _print_plan(plan, json_out)
         return
 
+    if tensor_type_file is not None:  # convert() guards IN and --imatrix; this input is the CLI's
+        from .formats.output import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs([out], [tensor_type_file])
     # --quiet / --json print nothing through rich, so they do not load it (~20 ms)
     console = None if quiet or json_out else _stderr_console()
     show_progress = console is not None and console.is_terminal

@@ -6,7 +6,6 @@ converted to float32 rows where it must be, quantized in slabs of rows, written,
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,13 @@ from kernels.gguf_compat import GGMLQuantizationType as T
 
 import kernels
 
-from .errors import ImatrixError, KernelError, OutputError, PlanError
+from .errors import ImatrixError, KernelError, PlanError
 from .plan import Plan, QuantizeOptions, TensorPlan, make_plan
 from .sources import Source, open_source
 from .formats.gguf_writer import ShardWriter
-from .formats.output import atomic_outputs
+from .formats.gguf import check_metadata_types
+from .formats.output import atomic_outputs, check_writable, refuse_overwriting_inputs
+from .formats.rows import describe as describe_bad, first_invalid_block
 from .formats.values import TensorInfo
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
@@ -116,6 +117,35 @@ def check_finite(x: np.ndarray, name: str, first_row: int) -> None:
                           "the input model is damaged")
 
 
+def check_output_rows(out: np.ndarray, tp: TensorPlan, first_row: int) -> None:
+    """llama-quantize validates every quantized slab (ggml_validate_row_data) and stops with
+    "quantized data validation failed": refuse the same slabs, naming tensor, row and block."""
+    bad = first_invalid_block(tp.type, out.reshape(-1, kernels.row_bytes(tp.type, tp.ref.n_per_row)))
+    if bad is not None:
+        name = tp.type.name
+        raise KernelError(f"{tp.name}: {describe_bad(bad, tp.type, first_row)} after quantizing to {name}: "
+                          f"the weights are too large for {name} (llama.cpp refuses this too: quantized data "
+                          "validation failed); choose a wider type for this tensor (--tensor-type)")
+
+
+def copy_tensor(tp: TensorPlan, emit: Callable[[np.ndarray], None]) -> None:
+    """A tensor kept as it is, validated in slabs as llama-quantize validates what it copies
+    ("tensor '...' has invalid data")."""
+    ref = tp.ref
+    raw = ref.load()
+    row_bytes = kernels.row_bytes(ref.type, ref.n_per_row) if ref.n_per_row else 0
+    nrows = ref.nrows
+    slab_rows = max(1, SLAB_BYTES // max(1, row_bytes))
+    for row in range(0, nrows, slab_rows):
+        end = min(nrows, row + slab_rows)
+        slab = raw[row * row_bytes:end * row_bytes]
+        bad = first_invalid_block(ref.type, slab.reshape(end - row, row_bytes))
+        if bad is not None:
+            raise KernelError(f"{tp.name}: {describe_bad(bad, ref.type, row)} in the input ({ref.type.name}); "
+                              "the input model is damaged (llama.cpp refuses it too: tensor has invalid data)")
+        emit(slab)
+
+
 def quantize_tensor(tp: TensorPlan, imatrix: np.ndarray | None, emit: Callable[[np.ndarray], None]) -> None:
     """Quantize one tensor in slabs of rows and hand each slab's bytes to `emit`.
     For 3-D (expert) tensors each expert's rows take that expert's slice of the imatrix."""
@@ -133,7 +163,9 @@ def quantize_tensor(tp: TensorPlan, imatrix: np.ndarray | None, emit: Callable[[
         x = _rows_f32(raw[row * src_row_bytes:end * src_row_bytes], ref.type, n_per_row)
         check_finite(x, ref.name, row)
         im = imatrix[expert * n_per_row:(expert + 1) * n_per_row] if imatrix is not None else None
-        emit(kernels.quantize(x, tp.type, im))
+        out = kernels.quantize(x, tp.type, im)
+        check_output_rows(out, tp, row)
+        emit(out)
         ref.release(row * src_row_bytes, end * src_row_bytes)  # the slab's input pages are done with
         row = end
 
@@ -152,17 +184,19 @@ def convert(
     "start" and "done" for each tensor (for progress bars)."""
     src, dst = Path(src), Path(dst)
     start = time.perf_counter()
-    if dst.exists() and src.exists() and os.path.samefile(src, dst):
-        raise OutputError(f"{dst}: output is the input file; choose another output name")
+    inputs = [src] + ([Path(imatrix.path_text)] if imatrix is not None else [])
+    check_writable(dst)
+    refuse_overwriting_inputs([dst], inputs)
     own_source = source is None
     source = source or open_source(src)
     try:
+        check_metadata_types(source.kv, options.kv_overrides, src)
         plan = plan_with_imatrix(source, options, imatrix)
         check_plan(plan, imatrix)
         outputs = split_output_paths(dst, plan.n_splits)
         for out in outputs:
-            if out.exists() and src.exists() and os.path.samefile(src, out):
-                raise OutputError(f"{out}: output is the input file; choose another output name")
+            check_writable(out)
+        refuse_overwriting_inputs(outputs, inputs + [t.path for t in getattr(source, "shards", [])])
 
         t_compile = time.perf_counter()
         todo = {tp.type for tp in plan.tensors if tp.quantize}
@@ -175,7 +209,7 @@ def convert(
 
         if progress:
             progress("plan", None, sum(tp.ref.nbytes for tp in plan.tensors))
-        write_plan(plan, outputs, imatrix, progress)
+        write_plan(plan, outputs, imatrix, progress, inputs=inputs)
         n_elements = sum(tp.ref.n_elements for tp in plan.tensors)
         return ConvertResult(outputs, plan, n_elements,
                              sum(tp.ref.nbytes for tp in plan.tensors), sum(tp.nbytes for tp in plan.tensors),
@@ -204,8 +238,8 @@ def imatrix_for(tp: TensorPlan, imatrix: ImatrixInput | None) -> np.ndarray | No
 
 
 def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
-               progress: Callable[[str, TensorPlan, int], None] | None = None) -> None:
-    with atomic_outputs(outputs) as temps:
+               progress: Callable[[str, TensorPlan, int], None] | None = None, inputs=()) -> None:
+    with atomic_outputs(outputs, inputs) as temps:
         for shard, tmp in enumerate(temps):
             members = [tp for tp in plan.tensors if tp.split == shard]
             infos = [TensorInfo(tp.name, tp.ne, int(tp.type), tp.nbytes) for tp in members]
@@ -221,7 +255,7 @@ def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
                     if tp.quantize:
                         quantize_tensor(tp, imatrix_for(tp, imatrix), writer.write)
                     else:
-                        writer.write(tp.ref.load())
+                        copy_tensor(tp, writer.write)
                     writer.end_tensor()
                     tp.ref.release()
                     if progress:

@@ -26,3 +26,22 @@ class OutputError(PyquantizeError):
 
 class KernelError(PyquantizeError):
     """A type has no kernel yet, or the data cannot be quantized (NaN/Inf weights)."""
+
+
+_LINE_BREAKS = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+                for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
+
+def one_line(message: str) -> str:
+    """The message with every character that would break the line escaped (a tensor name may
+    hold a newline or U+2028): the CLI's `error:` line stays one line."""
+    return message.translate(_LINE_BREAKS)
+
+
+def excerpt(value: str | bytes, limit: int = 80) -> str:
+    """A short, escaped excerpt of text or bytes read from a file (or a library's message about
+    them), for an error line: never more than `limit` characters of it, never a raw newline."""
+    if isinstance(value, bytes):
+        value = value[:limit].decode("utf-8", errors="backslashreplace") + ("..." if len(value) > limit else "")
+    text = value.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."

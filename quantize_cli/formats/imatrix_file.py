@@ -19,16 +19,14 @@ for .dat.
 from __future__ import annotations
 
 import math
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from ..errors import ImatrixError
+from ..errors import ImatrixError, excerpt
 
 if TYPE_CHECKING:  # the collector (imatrix/) is above this module; the writers only read its fields
     from ..imatrix.collector import Collector
@@ -66,6 +64,9 @@ class _Raw:
 
 def _read_raw(path: Path) -> _Raw:
     """common_imatrix_load: GGUF when the file is one, else the legacy format."""
+    from .output import check_input_file
+
+    check_input_file(Path(path), "imatrix file", ImatrixError, missing="no such imatrix file")
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -79,18 +80,49 @@ def _read_raw(path: Path) -> _Raw:
 
 
 def _read_gguf(path: Path) -> _Raw:
-    from gguf import GGMLQuantizationType, GGUFReader
+    """common_imatrix_load's GGUF half: gguf_init_from_file with the data loaded, so what the
+    validating reader refuses, and a data section shorter than its padded size, are refused."""
+    from kernels.gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+    from ..errors import SourceError
+    from .gguf import read_gguf_layout
 
     try:
-        reader = GGUFReader(path, "r")
-    except Exception as exc:  # the gguf reader raises many kinds on a damaged file
-        raise ImatrixError(f"{path}: truncated or corrupt GGUF imatrix ({type(exc).__name__}: {exc})") from None
-    if not reader.tensors:
+        layout = read_gguf_layout(path)
+    except SourceError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise ImatrixError(f"{path}: truncated or corrupt GGUF imatrix: {reason}") from None
+    tensors = []
+    end = layout.data_offset
+    for name, ne, ttype, offset in layout.tensor_infos:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+        n = int(np.prod(ne, dtype=np.int64))
+        nbytes = n // block * size
+        end = max(end, layout.data_offset + offset + (nbytes + layout.alignment - 1) // layout.alignment
+                  * layout.alignment)
+        tensors.append((name, GGMLQuantizationType(ttype), layout.data_offset + offset, n))
+    if end > len(layout.buf):
+        raise ImatrixError(f"{path}: truncated GGUF imatrix: its data needs {end} bytes, the file has {len(layout.buf)}")
+    if not tensors:
         raise ImatrixError(f"{path}: the GGUF file has no tensors; it is not an imatrix (no data)")
 
+    class _T:
+        def __init__(self, name, ttype, start, n):
+            self.name, self.tensor_type = name, ttype
+            self.data = np.frombuffer(layout.buf, dtype="<f4", count=n, offset=start) if ttype == 0 else None
+
+    reader_tensors = [_T(*t) for t in tensors]
+    by_key = {kv.key: kv for kv in layout.kv}
+
     def value(key: str):
-        fld = reader.fields.get(key)
-        return None if fld is None else fld.contents()
+        kv = by_key.get(key)
+        if kv is None:
+            return None
+        if key == "imatrix.datasets":
+            return kv.get() if kv.vtype == GGUFValueType.ARRAY and kv.item_type == GGUFValueType.STRING else None
+        if kv.vtype != GGUFValueType.UINT32:  # gguf_get_val_u32 asserts the type
+            raise ImatrixError(f"{path}: {key} must be a u32, not {kv.vtype.name.lower()}; the imatrix is damaged")
+        return kv.get()
 
     datasets = value("imatrix.datasets")
     chunk_count = value("imatrix.chunk_count")
@@ -98,7 +130,9 @@ def _read_gguf(path: Path) -> _Raw:
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
     pairs: dict[str, list] = {}
-    for t in reader.tensors:
+    for t in reader_tensors:
+        if not t.name:
+            continue
         for suffix, slot in ((".in_sum2", 0), (".counts", 1)):
             if t.name.endswith(suffix):
                 pairs.setdefault(t.name[: -len(suffix)], [None, None])[slot] = t
@@ -114,19 +148,24 @@ def _read_gguf(path: Path) -> _Raw:
             raise ImatrixError(f"{path}: {name}: in_sum2 and counts must be F32")
         sums[name] = np.array(s.data, dtype=np.float32).reshape(-1)
         cnt = np.array(c.data, dtype=np.float32).reshape(-1)
-        counts[name] = np.array([_lround(x) for x in cnt], dtype=np.int64)
-        if sums[name].size % counts[name].size:
+        try:
+            counts[name] = np.array([_lround(x) for x in cnt], dtype=np.int64)
+        except ImatrixError as exc:
+            raise ImatrixError(f"{path}: {name}: {exc}") from None
+        if not counts[name].size or sums[name].size % counts[name].size:
             raise ImatrixError(f"{path}: {name}: {sums[name].size} sums do not split into {counts[name].size} matrices")
     return _Raw(
         sums=sums, counts=counts,
         datasets=[str(d) for d in datasets] if isinstance(datasets, list) else [],
         chunk_count=int(chunk_count or 0), chunk_size=int(chunk_size or 0), is_legacy=False,
-        has_metadata=datasets is not None and chunk_count is not None and chunk_size is not None)
+        has_metadata=all(k in by_key for k in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size")))
 
 
 def _lround(x: float) -> int:
     if not math.isfinite(x):
-        raise ImatrixError("an imatrix count is NaN or infinite")
+        raise ImatrixError("an imatrix count is NaN or infinite; the imatrix is damaged")
+    if abs(x) >= 2.0 ** 62:
+        raise ImatrixError(f"an imatrix count of {x:g} is too large for an integer; the imatrix is damaged")
     return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)  # lround: half away from zero
 
 
@@ -163,11 +202,11 @@ def _read_legacy(path: Path) -> _Raw:
             name = raw_name.decode("utf-8")
         except UnicodeDecodeError:
             raise ImatrixError(f"{path}: not an imatrix file (entry {i + 1}'s name is not text)") from None
-        ncall, nval = take("<ii", f"entry {name!r}'s header")
+        ncall, nval = take("<ii", f"entry '{excerpt(name)}'s header")
         if nval < 1:
-            raise ImatrixError(f"{path}: corrupt legacy imatrix: entry {name!r} has {nval} values")
+            raise ImatrixError(f"{path}: corrupt legacy imatrix: entry '{excerpt(name)}' has {nval} values")
         if pos + 4 * nval > len(data):
-            raise ImatrixError(f"{path}: truncated legacy imatrix: entry {name!r} needs {nval} values "
+            raise ImatrixError(f"{path}: truncated legacy imatrix: entry '{excerpt(name)}' needs {nval} values "
                                f"but the file ends first")
         sums[name] = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
@@ -216,27 +255,18 @@ def load_imatrix(path: str | Path) -> ImatrixData:
 
 # --- writing -------------------------------------------------------------------------------------------
 
-def save_imatrix(path: str | Path, collected: Collector, fmt: str = "gguf") -> Path:
-    """Write the collected data as llama-imatrix would (atomically: temp file, then rename)."""
+def save_imatrix(path: str | Path, collected: Collector, fmt: str = "gguf", inputs=()) -> Path:
+    """Write the collected data as llama-imatrix would, through the output guard (never over one
+    of `inputs`; an unnamed temp file renamed only when complete)."""
     path = Path(path)
     if fmt not in ("gguf", "dat"):
         raise ImatrixError(f"unknown imatrix output format {fmt!r} (use gguf or dat)")
     blob = _gguf_bytes(collected) if fmt == "gguf" else _dat_bytes(collected)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ImatrixError(f"{path}: the directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    from .output import atomic_outputs
+
+    with atomic_outputs([path], inputs) as (tmp,):
+        with open(tmp, "r+b") as f:
             f.write(blob)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -66,6 +66,9 @@ class ImatrixResult:
 
 def read_text(path: Path) -> str:
     """The calibration text as llama-imatrix reads it (-f): UTF-8, one trailing newline dropped."""
+    from ..formats.output import check_input_file
+
+    check_input_file(path, "text file", ImatrixError, missing="no such text file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -145,6 +148,15 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
     if opts.output_format is None and not str(opts.output).endswith(".gguf"):
         warnings.append(f"saving imatrix using GGUF format with a different suffix than .gguf ({opts.output}); "
                         "for the previous format use --output-format dat")
+    # the output guard first: a bad -o is found before the model loads, not after the computation
+    from ..formats.output import check_output_name, check_writable, refuse_overwriting_inputs
+
+    check_output_name(str(opts.output))
+    check_writable(Path(opts.output))
+    inputs = [model_path, opts.text_file, *opts.in_files]
+    refuse_overwriting_inputs([Path(opts.output)], inputs)
+    if opts.text_file is not None:
+        read_text(Path(opts.text_file))  # refuse a FIFO, a directory or bad UTF-8 now, not after the model loads
     collector = Collector(chunk_size=opts.ctx_size, process_output=opts.process_output,
                           prompt_file=str(opts.text_file) if opts.text_file else "")
     t0 = time.perf_counter()
@@ -164,7 +176,7 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
     if opts.text_file is None:
         if not opts.in_files:
             raise ImatrixError("no text (-f) and no --in-file to combine: give calibration text or files to merge")
-        out = save_imatrix(opts.output, collector, fmt)
+        out = save_imatrix(opts.output, collector, fmt, inputs)
         return ImatrixResult(out, collector.last_chunk, 0, time.perf_counter() - t0, warnings=warnings)
     if model is None:
         raise ImatrixError("a MODEL is needed to compute an imatrix from text")
@@ -228,12 +240,12 @@ def compute_imatrix(model_path: Optional[Path], opts: ImatrixOptions,
             last, step = collector.chunk_done()
             if step > 0:
                 if (last % opts.output_frequency) // step == 0:
-                    save_imatrix(opts.output, collector, fmt)
+                    save_imatrix(opts.output, collector, fmt, inputs)
                 if opts.save_frequency > 0 and (last % opts.save_frequency) // step == 0:
-                    save_imatrix(Path(f"{opts.output}.at_{last}"), collector, fmt)
+                    save_imatrix(Path(f"{opts.output}.at_{last}"), collector, fmt, inputs)
             if on_chunk is not None:
                 on_chunk(ChunkResult(i + 1, n_chunk, time.perf_counter() - tc, n_ctx, ppl))
-        out = save_imatrix(opts.output, collector, fmt)
+        out = save_imatrix(opts.output, collector, fmt, inputs)
         result = ImatrixResult(out, n_chunk, n_chunk * n_ctx, time.perf_counter() - t0, chunk_ppl=chunk_ppl,
                                warnings=warnings)
         if opts.compute_ppl and count:
@@ -290,7 +302,7 @@ def imatrix(
     model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Model GGUF (a family of the README's supported architectures).", show_default=False),
     model_opt: Optional[Path] = typer.Option(None, "-m", "--model", metavar="FNAME", help="Model GGUF (same as MODEL)."),
     text_file: Optional[Path] = typer.Option(None, "-f", "--file", metavar="FNAME", help="Calibration text (UTF-8)."),
-    output: Path = typer.Option(Path("imatrix.gguf"), "-o", "--output", "--output-file", metavar="FNAME", help="Output file."),
+    output: str = typer.Option("imatrix.gguf", "-o", "--output", "--output-file", metavar="FNAME", help="Output file."),
     output_format: Optional[str] = typer.Option(None, "--output-format", metavar="{gguf,dat}", help="Output format [default: gguf]."),
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", metavar="N", help="Tokens per chunk."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size", metavar="N", help="Logical batch, as llama-imatrix (decides which tokens it records; see docs)."),
@@ -313,7 +325,9 @@ def imatrix(
              from_chunk, output_frequency, save_frequency, process_output, ppl, parse_special, in_file,
              show_stats, threads, kv_f16, quiet, batch_size, ubatch_size)
     except PyquantizeError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from ..errors import one_line
+
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
@@ -324,9 +338,10 @@ def _run(model, text_file, output, output_format, ctx_size, chunks, from_chunk, 
          process_output, ppl, parse_special, in_file, show_stats, threads, kv_f16, quiet, batch_size=2048,
          ubatch_size=512) -> None:
     in_files = [Path(p) for item in in_file for p in item.split(",") if p]
+    from ..formats.output import check_input_file
+
     for p in in_files:
-        if not p.is_file():
-            raise ImatrixError(f"{p}: no such imatrix file (--in-file)")
+        check_input_file(p, "imatrix file (--in-file)", ImatrixError, missing="no such imatrix file (--in-file)")
     if show_stats:
         typer.echo(show_statistics(in_files, ctx_size))
         return

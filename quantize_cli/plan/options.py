@@ -64,12 +64,24 @@ def parse_tensor_type_option(text: str) -> tuple[str, T]:
 
 
 def read_tensor_type_file(path: str | Path) -> list[tuple[str, T]]:
-    """--tensor-type-file: NAME=TYPE entries separated by spaces or newlines."""
+    """--tensor-type-file: NAME=TYPE entries separated by spaces or newlines (UTF-8 text)."""
+    from ..formats.output import check_input_file
+
     try:
-        text = Path(path).read_text()
+        check_input_file(Path(path), "text file", PlanError)
+    except PlanError as exc:
+        raise PlanError(f"--tensor-type-file {path}: cannot read it ({str(exc).removeprefix(f'{path}: ')})") from None
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise PlanError(f"--tensor-type-file {path}: cannot read it ({exc.strerror})") from None
-    return [parse_tensor_type_option(word) for word in text.split()]
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"--tensor-type-file {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start}); give NAME=TYPE lines") from None
+    try:
+        return [parse_tensor_type_option(word) for word in text.split()]
+    except PlanError as exc:
+        raise PlanError(f"--tensor-type-file {path}: {exc}") from None
 
 
 def parse_prune_layers(text: str) -> list[int]:
@@ -92,6 +104,13 @@ def parse_override_kv(text: str) -> KV:
     kind, colon, value = rest.partition(":")
     if not colon or kind not in ("int", "float", "bool", "str"):
         raise PlanError(f"--override-kv '{text}': TYPE must be int, float, bool or str, e.g. general.name=str:tiny")
+    if key == "general.alignment":
+        # gguf_set_val_* aborts on any other: llama.cpp reads only a u32 power of two here
+        m = re.match(r"\s*[+-]?\d+", value) if kind == "int" else None
+        align = abs(int(m.group())) & 0xFFFFFFFF if m else 0
+        if kind != "int" or align == 0 or align & (align - 1):
+            raise PlanError(f"--override-kv '{text}': general.alignment must be int: and a power of two "
+                            "(llama.cpp refuses any other)")
     if kind == "int":
         m = re.match(r"\s*[+-]?\d+", value)  # atol
         number = int(m.group()) if m else 0

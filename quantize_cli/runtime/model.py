@@ -78,10 +78,13 @@ def _dequantize(ref, expert: Optional[int] = None) -> np.ndarray:
 
     blob = ref.load()
     n_per_row = int(ref.ne[0])
-    shape = tuple(reversed([int(d) for d in ref.ne]))
+    ne = [int(d) for d in ref.ne]
+    while len(ne) > 1 and ne[-1] == 1:  # trailing 1s are not dimensions to ggml (n_dims = 2 for [64, 64, 1, 1])
+        ne.pop()
+    shape = tuple(reversed(ne))
     count = ref.n_elements
     if expert is not None:
-        shape = shape[1:]
+        shape = tuple(reversed([int(d) for d in ref.ne]))[1:]
         count = int(np.prod(shape))
         block, size = GGML_QUANT_SIZES[ref.type]
         per = count // block * size
@@ -174,6 +177,8 @@ class Model:
         self._check_tensors()
         tied = self.arch.tied_always or "output.weight" not in self.tensors
         self.output_name = "token_embd.weight" if tied else "output.weight"
+        if self.cfg.moe is None and self.arch.ffn != "fused":
+            check_shapes(self.cfg, self.tensors)
         self.weight_budget = weight_budget
         self._cache: dict = {}
         self._cached_bytes = 0
@@ -433,6 +438,33 @@ class Model:
             gate = (g / (np.float32(1.0) + np.exp(-g))) / g
             out = out + self._dense_ffn(h, p, "_shexp", "silu", observe) * gate
         return out
+
+
+def check_shapes(cfg: Config, tensors: dict) -> None:
+    """llama.cpp's create_tensor check: every weight the forward pass uses has the shape the
+    hyper-parameters give it ("tensor '...' has wrong shape"), so a lying file is one error line,
+    not a NumPy broadcasting error halfway through a chunk."""
+    e, v, ff = cfg.n_embd, cfg.n_vocab, cfg.n_ff
+    q, kv = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+    want = {"token_embd.weight": (e, v), "output_norm.weight": (e,), "output.weight": (e, v)}
+    for il in range(cfg.n_layer):
+        p = f"blk.{il}."
+        want.update({p + "attn_norm.weight": (e,), p + "ffn_norm.weight": (e,), p + "attn_q.weight": (e, q),
+                     p + "attn_k.weight": (e, kv), p + "attn_v.weight": (e, kv), p + "attn_output.weight": (q, e),
+                     p + "attn_qkv.weight": (e, q + 2 * kv), p + "ffn_gate.weight": (e, ff),
+                     p + "ffn_up.weight": (e, ff), p + "ffn_down.weight": (ff, e)})
+
+    def strip(ne) -> tuple[int, ...]:
+        ne = tuple(int(d) for d in ne)
+        while len(ne) > 1 and ne[-1] == 1:
+            ne = ne[:-1]
+        return ne
+
+    for name, shape in want.items():
+        ref = tensors.get(name)
+        if ref is not None and strip(ref.ne) != shape:
+            raise ModelError(f"tensor '{name}' has wrong shape; expected {', '.join(map(str, shape))}, got "
+                             f"{', '.join(map(str, strip(ref.ne)))} (the file contradicts its own hyper-parameters)")
 
 
 def load_model(path: str | Path, weight_budget: int = 8 << 30) -> Model:

@@ -670,10 +670,11 @@ def read_gguf_metadata(path) -> dict[str, Any]:
 def read_gguf(path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], int, int]], int]:
     """(metadata, tensor infos as (name, ne, ggml type, offset), absolute data offset) of a GGUF,
     through the project's one-pass GGUF reader (quantize_cli.formats.gguf.read_gguf_layout)."""
-    from ..formats.gguf import read_gguf_layout
+    from ..formats.gguf import check_metadata_types, read_gguf_layout
 
     try:
         layout = read_gguf_layout(path)
+        check_metadata_types(layout.kv, path=path)
     except SourceError as exc:
         raise TokenizerError(str(exc)) from None
     return {kv.key: kv.get() for kv in layout.kv}, layout.tensor_infos, layout.data_offset

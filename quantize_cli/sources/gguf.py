@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from kernels.gguf_compat import GGML_QUANT_SIZES, GGMLQuantizationType
+from kernels.gguf_compat import GGMLQuantizationType
 
 from ..errors import SourceError
 from ..formats.gguf import SPLIT_RE, read_gguf_layout
@@ -32,19 +32,11 @@ class GGUFFileSource(Source):
         mm = np.frombuffer(layout.buf, dtype=np.uint8)
         self._buf = layout.buf
         self.tensors = []
-        names = set()
+        # names, types, shapes and offsets were validated by the reader (as gguf.cpp does); what is
+        # left is llama_model_loader's check that each tensor's data lies inside the file
         for name, ne, raw_type, rel_offset in layout.tensor_infos:
-            if name in names:
-                raise SourceError(f"{self.path}: tensor {name} appears twice")
-            names.add(name)
-            try:
-                qtype = GGMLQuantizationType(raw_type)
-            except ValueError:
-                raise SourceError(f"{self.path}: tensor {name} has unknown ggml type {raw_type}") from None
-            ref = TensorRef(name=name, ne=ne, type=qtype, load=lambda: None, split=split,
+            ref = TensorRef(name=name, ne=ne, type=GGMLQuantizationType(raw_type), load=lambda: None, split=split,
                             offset=self.data_offset + rel_offset)
-            if ne and ne[0] % GGML_QUANT_SIZES[qtype][0]:
-                raise SourceError(f"{self.path}: tensor {name} has rows of {ne[0]}, not a multiple of {qtype.name}'s block")
             end = ref.offset + ref.nbytes
             if end > size:
                 raise SourceError(

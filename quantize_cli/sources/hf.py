@@ -33,7 +33,8 @@ import yaml
 import gguf
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from ..errors import SourceError
+from ..errors import SourceError, excerpt
+from ..formats.output import check_input_file
 from ..formats.values import KV
 from .base import Source, TensorRef
 from .hf_vocab import HFVocab, _read_json
@@ -395,11 +396,12 @@ def _read_shards(path: Path) -> list[tuple[str, str, list[int], Path, int, int]]
     in_parts: dict[str, str] = {}
     for part in parts:
         shard = path / part
+        check_input_file(shard, "safetensors file", SourceError)  # a FIFO would block the open
         try:
             with safe_open(str(shard), framework="numpy"):  # validates the header against the file size
                 pass
         except SafetensorError as exc:
-            raise SourceError(f"{shard}: not a valid safetensors file ({exc})") from None
+            raise SourceError(f"{shard}: not a valid safetensors file ({excerpt(str(exc))})") from None
         with open(shard, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(n))

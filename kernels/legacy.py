@@ -181,6 +181,18 @@ def quantize_row_q4_0_impl(x, y, qw, weight, L, scratch):
             y[o + 2 + j] = (np.int64(L[j]) | (np.int64(L[j + 16]) << 4)) & 0xFF
 
 
+# One prange driver per type, here and in every family, on purpose: written once, it loses Numba's
+# cache (scripts/bench_drivers.py, Q6_K and Q8_0; Numba 0.68, 2 cores at load ~17, 3 fresh
+# processes each). A factory building one @njit(parallel=True, cache=True) driver per row function
+# from a closure misses in every process, because Numba keys a closure's entry by a pickle of its
+# cells and a dispatcher pickles with a per-process random uuid: each process recompiles (7.3-11.7 s,
+# against 0.9-1.1 s to load these drivers) and adds one more entry to the index. A driver taking
+# the row function as an argument misses the same way (its signature holds the dispatcher's type):
+# 4.4-8.6 s. A first-class function (types.FunctionType) caches (0.9-1.1 s) and ran at the same
+# speed within the noise, but each call costs 5-10 times more (a one-row Q6_K call 7.9-9.1 ms
+# against 0.8-1.8 ms: the dispatcher is converted to a pointer on every call), the row function is
+# called through that pointer, and it fits only rows of one fixed signature, not the imatrix
+# paths' per-chunk scratch below.
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _quantize_q4_0(x, qw):
     nrows, n = x.shape

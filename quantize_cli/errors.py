@@ -26,3 +26,10 @@ class OutputError(PyquantizeError):
 
 class KernelError(PyquantizeError):
     """A type has no kernel yet, or the data cannot be quantized (NaN/Inf weights)."""
+
+
+class UsageError(PyquantizeError):
+    """The command line itself is wrong (arguments missing or contradicting each other): exit 2,
+    as for the option errors the argument parser reports."""
+
+    exit_code = 2

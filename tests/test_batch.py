@@ -99,7 +99,7 @@ def test_skip_unchanged(tmp_path):
     # a copy of the same input (new mtime, as after a CI cache restore) is the same input
     os.utime(src, ns=(stamp + 10**9, stamp + 10**9))
     assert [o["skipped"] for o in json.loads(run(*args).output)["outputs"]] == [True, True]
-    # other options: that output only
+    # other options: rebuilt
     other = json.loads(run(*args[:-1], "--leave-output-tensor", "--json").output)
     assert [o["skipped"] for o in other["outputs"]] == [False, False]
     # an edited input: rebuilt
@@ -111,6 +111,32 @@ def test_skip_unchanged(tmp_path):
     (tmp_path / "F16.gguf").unlink()
     third = json.loads(run(*args[:-1], "--leave-output-tensor", "--json").output)
     assert [o["skipped"] for o in third["outputs"]] == [True, False]
+
+
+def test_input_fingerprint_samples(tmp_path):
+    """The head whole, then 4 KiB of every 4 MiB and the tail: a change there is seen, a copy is
+    the same input, the file's name and time play no part."""
+    from quantize_cli.manifest import BLOCK, HEAD_BYTES, STRIDE, input_identity
+
+    big = tmp_path / "big.gguf"
+    data = bytearray(os.urandom(1 << 16)) * ((HEAD_BYTES + 3 * STRIDE) >> 16)
+    big.write_bytes(data)
+    base = input_identity(big)
+    assert base["size"] == len(data) and base["files"][0]["name"] == "big.gguf"
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(big, copy)
+    assert input_identity(copy)["fingerprint"] == base["fingerprint"]
+
+    def changed(pos: int) -> bool:
+        edited = bytearray(data)
+        edited[pos] ^= 0xFF
+        big.write_bytes(edited)
+        return input_identity(big)["fingerprint"] != base["fingerprint"]
+
+    assert changed(5)                              # the head (GGUF metadata, tensor infos)
+    assert changed(HEAD_BYTES + STRIDE + 100)      # inside a sampled block
+    assert changed(len(data) - 1)                  # the tail
+    assert not changed(HEAD_BYTES + BLOCK + 100)   # between samples: the documented blind spot
 
 
 def test_everything_checked_before_work(tmp_path, small):

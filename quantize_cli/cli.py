@@ -84,7 +84,9 @@ CONVERT_HELP = """Quantize IN (a GGUF file, or a Hugging Face safetensors folder
 
 Positional form as llama-quantize: IN [OUT] TYPE [NTHREADS]. TYPE is a llama.cpp file type by
 name (Q4_K_M, q8_0, IQ2_XS, F16, COPY, ...) or numeric id. OUT defaults to ggml-model-TYPE.gguf
-beside IN. Run `pyquantize types` for the list."""
+beside IN. Run `pyquantize types` for the list.
+
+Several types from one read: IN --types Q4_K_M,Q6_K,Q8_0 -o 'out/{name}-{type}.gguf'."""
 
 
 @app.command(help=CONVERT_HELP, no_args_is_help=True)
@@ -315,8 +317,7 @@ def inspect_cmd(
     no_tensors: bool = typer.Option(False, "--no-tensors", help="Leave out the tensor table."),
     markdown: bool = typer.Option(False, "--markdown", help="Markdown, like gguf_dump --markdown."),
 ) -> None:
-    """Metadata, tensors, types, sizes and bits per weight of a GGUF file; or, given two, which
-    tensors differ in type or size."""
+    """Metadata, tensors, types, sizes and bits per weight of a GGUF file (of two: a per-tensor diff)."""
     if len(files) > 2:
         fail("give one FILE, or two to compare", 2)
     try:

@@ -88,7 +88,9 @@ CONVERT_HELP = """Quantize IN (a GGUF file, or a Hugging Face safetensors folder
 
 Positional form as llama-quantize: IN [OUT] TYPE [NTHREADS]. TYPE is a llama.cpp file type by
 name (Q4_K_M, q8_0, IQ2_XS, F16, COPY, ...) or numeric id. OUT defaults to ggml-model-TYPE.gguf
-beside IN. Run `pyquantize types` for the list."""
+beside IN. Run `pyquantize types` for the list.
+
+Several types from one read: IN --types Q4_K_M,Q6_K,Q8_0 -o 'out/{name}-{type}.gguf'."""
 
 
 @app.command(help=CONVERT_HELP, no_args_is_help=True)
@@ -113,8 +115,17 @@ def convert(
     no_vocab: bool = typer.Option(False, "--no-vocab", help="Safetensors input: proceed without tokenizer files."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
     json_out: bool = typer.Option(False, "--json", help="Print the result (or the --dry-run plan) as JSON on stdout."),
+    types: Optional[str] = typer.Option(None, "--types", metavar="T1,T2,...", help="Several file types from one read of IN (give IN only, and -o with {type})."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="OUT", help="Output name; {type} and {name} (IN's stem) are filled in, e.g. 'out/{name}-{type}.gguf'."),
+    manifest: Optional[bool] = typer.Option(None, "--manifest/--no-manifest", help="Write OUT.manifest.json beside each output (sha256, type mix, options, input, version); default on with --types, -o or --skip-unchanged."),
+    skip_unchanged: bool = typer.Option(False, "--skip-unchanged", help="Skip an output whose manifest says it was made from the same input and options by this version."),
 ) -> None:
     try:
+        if types or output or manifest or skip_unchanged:
+            from .batch_cli import convert_batch
+
+            convert_batch(**locals())
+            return
         _convert(**locals())
     except PyquantizeError as exc:
         fail(str(exc), exc.exit_code)
@@ -126,7 +137,7 @@ def _parse_positional(args: list[str]):
     from .plan import parse_file_type
 
     if len(args) < 2:
-        fail("expected IN [OUT] TYPE [NTHREADS]; e.g. pyquantize convert model-f32.gguf model-q4_k_m.gguf Q4_K_M")
+        fail("expected IN [OUT] TYPE [NTHREADS]; e.g. pyquantize convert model-f32.gguf model-q4_k_m.gguf Q4_K_M", 2)
     src = Path(args[0])
     rest = args[1:]
     try:
@@ -135,7 +146,7 @@ def _parse_positional(args: list[str]):
         rest = rest[1:]
     except PyquantizeError:
         if len(rest) < 2:
-            fail(f"{rest[0]!r} is not a file type, and no TYPE follows it; run `pyquantize types` for the list")
+            fail(f"{rest[0]!r} is not a file type, and no TYPE follows it; run `pyquantize types` for the list", 2)
         from .formats.output import check_output_name
 
         check_output_name(rest[0])
@@ -147,16 +158,16 @@ def _parse_positional(args: list[str]):
         try:
             nthreads = int(rest[0])
         except ValueError:
-            fail(f"NTHREADS must be a number, got {rest[0]!r}")
+            fail(f"NTHREADS must be a number, got {rest[0]!r}", 2)
         rest = rest[1:]
     if rest:
-        fail(f"unexpected argument(s): {' '.join(rest)}")
+        fail(f"unexpected argument(s): {' '.join(rest)}", 2)
     return src, out, ftype, name, nthreads
 
 
 def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include_weights, exclude_weights,
              output_tensor_type, token_embedding_type, tensor_type, tensor_type_file, prune_layers, keep_split,
-             override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out) -> None:
+             override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out, **batch_options) -> None:
     _quiet_helper_threads()
     from . import convert as conv
     from .errors import PlanError
@@ -295,10 +306,9 @@ def _print_plan(plan, json_out: bool) -> None:
     if json_out:
         typer.echo(json.dumps(doc, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _stdout_console()
     table = Table(title="plan (--dry-run)", title_justify="left")
     for col in ("tensor", "shape", "from", "to", "size", "reason"):
         table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
@@ -313,43 +323,104 @@ def _print_plan(plan, json_out: bool) -> None:
 
 @app.command("inspect", no_args_is_help=True)
 def inspect_cmd(
-    file: Path = typer.Argument(..., help="A GGUF file (ours or llama.cpp's), or the first shard of a split model."),
+    files: List[Path] = typer.Argument(..., metavar="FILE [FILE2]", help="A GGUF file (ours or llama.cpp's), or the first shard of a split model; with a second file, a per-tensor diff of type and size."),
     json_out: bool = typer.Option(False, "--json", help="The same as a stable JSON document."),
     no_tensors: bool = typer.Option(False, "--no-tensors", help="Leave out the tensor table."),
     markdown: bool = typer.Option(False, "--markdown", help="Markdown, like gguf_dump --markdown."),
 ) -> None:
-    """Metadata, tensors, types, sizes and bits per weight of a GGUF file."""
+    """Metadata, tensors, types, sizes and bits per weight of a GGUF file (of two: a per-tensor diff)."""
+    if len(files) > 2:
+        fail("give one FILE, or two to compare", 2)
     try:
-        from .inspect import describe, render_markdown, render_rich
+        from .inspect import describe, diff, render_diff, render_markdown, render_rich
 
-        doc = describe(file, with_tensors=not no_tensors)
+        docs = [describe(f, with_tensors=not no_tensors or len(files) == 2) for f in files]
     except PyquantizeError as exc:
         fail(str(exc), exc.exit_code)
+    if len(docs) == 2:
+        d = diff(*docs)
+        typer.echo(json.dumps(d, indent=2) if json_out else render_diff(d), nl=json_out)
+        return
+    doc = docs[0]
     if json_out:
         typer.echo(json.dumps(doc, indent=2, default=str))
     elif markdown:
         typer.echo(render_markdown(doc), nl=False)
     else:
-        from rich.console import Console
-
-        render_rich(doc, Console())
+        render_rich(doc, _stdout_console())
 
 
 @app.command("types")
-def types_cmd() -> None:
+def types_cmd(
+    json_out: bool = typer.Option(False, "--json", help="As JSON: a list of {name, ftype, description}."),
+) -> None:
     """The file types TYPE can name, as llama-quantize lists them."""
     from .plan import FILE_TYPES
 
+    if json_out:
+        typer.echo(json.dumps([{"name": name, "ftype": ftype, "description": description.strip()}
+                               for name, (ftype, description) in FILE_TYPES.items()], indent=2))
+        return
     for name, (ftype, description) in FILE_TYPES.items():
         typer.echo(f"{ftype:>4}  {name:<10} {description}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"pyquantize {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def _stdout_console():
+    """A rich Console on stdout whose closed pipe ends the run as click's does (see main), not
+    with rich's own exit 1."""
+    import errno
+
+    from rich.console import Console
+
+    console = Console()
+
+    def on_broken_pipe() -> None:
+        console.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "stdout was closed")
+
+    console.on_broken_pipe = on_broken_pipe
+    return console
+
+
+def _stdout_closed() -> bool:
+    """Whether the run ended because stdout's reader went away (`pyquantize inspect F | head`):
+    click (typer's own copy of it) then swaps in its PacifyFlushWrapper and exits 1."""
+    return type(sys.stdout).__name__ == "PacifyFlushWrapper"
 
 
 def main() -> None:
     # Start-up is mostly imports (Typer, NumPy, gguf, Numba) that allocate many objects: at the
     # default gen-0 threshold (700) the collector runs hundreds of times over them for nothing.
     gc.set_threshold(100_000, 50, 100)
+    if "_PYQUANTIZE_COMPLETE" in os.environ:
+        # shell completion (README): Typer registers its bash/zsh/fish/powershell scripts only
+        # with add_completion, which would cost every start-up its imports; do it when asked
+        from typer.completion import completion_init
+
+        completion_init()
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == 1 and _stdout_closed():
+            # a reader that stops early (| head) is not an error: no message, exit 0, and no
+            # "Exception ignored ... BrokenPipeError" when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1)
+            raise SystemExit(0) from None
+        raise
     finally:
         # At exit CPython collects the whole heap once more (Numba's type objects: ~0.2 s of a
         # 2 s convert); frozen objects are skipped, and the process is ending anyway.

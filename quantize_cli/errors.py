@@ -45,3 +45,10 @@ def excerpt(value: str | bytes, limit: int = 80) -> str:
         value = value[:limit].decode("utf-8", errors="backslashreplace") + ("..." if len(value) > limit else "")
     text = value.encode("unicode_escape", errors="backslashreplace").decode("ascii")
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class UsageError(PyquantizeError):
+    """The command line itself is wrong (arguments missing or contradicting each other): exit 2,
+    as for the option errors the argument parser reports."""
+
+    exit_code = 2

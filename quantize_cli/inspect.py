@@ -116,3 +116,40 @@ def render_rich(doc: dict, console) -> None:
         for i, t in enumerate(doc["tensors"]):
             table.add_row(str(i), t["name"], " x ".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}", str(t["offset"]))
         console.print(table)
+
+
+def diff(doc_a: dict, doc_b: dict) -> dict:
+    """Per-tensor differences of type and size between two `describe` documents (for reviewing a
+    new mix): tensors in both whose type or size differ, tensors in only one, and the totals."""
+    a = {t["name"]: t for t in doc_a["tensors"]}
+    b = {t["name"]: t for t in doc_b["tensors"]}
+    changed = [{"name": name, "type_a": t["type"], "type_b": b[name]["type"], "bytes_a": t["bytes"],
+                "bytes_b": b[name]["bytes"]}
+               for name, t in a.items() if name in b and (t["type"] != b[name]["type"] or t["bytes"] != b[name]["bytes"])]
+    return {
+        "a": doc_a["file"], "b": doc_b["file"],
+        "changed": changed,
+        "only_a": [{"name": n, "type": t["type"], "bytes": t["bytes"]} for n, t in a.items() if n not in b],
+        "only_b": [{"name": n, "type": t["type"], "bytes": t["bytes"]} for n, t in b.items() if n not in a],
+        "n_same": sum(1 for n in a if n in b) - len(changed),
+        "tensor_bytes_a": doc_a["tensor_bytes"], "tensor_bytes_b": doc_b["tensor_bytes"],
+        "bpw_a": doc_a["bpw"], "bpw_b": doc_b["bpw"],
+    }
+
+
+def render_diff(d: dict) -> str:
+    """Plain text: one line per differing tensor, then the totals (pipes and diffs read it)."""
+    width = max([len(c["name"]) for c in d["changed"] + d["only_a"] + d["only_b"]] + [6])
+    lines = [f"--- {d['a']}", f"+++ {d['b']}"]
+    for c in d["changed"]:
+        lines.append(f"{c['name']:<{width}}  {c['type_a']:>7} -> {c['type_b']:<7}  "
+                     f"{c['bytes_a']:>12,} -> {c['bytes_b']:>12,}  ({c['bytes_b'] - c['bytes_a']:+,})")
+    for t in d["only_a"]:
+        lines.append(f"{t['name']:<{width}}  {t['type']:>7} -> {'-':<7}  {t['bytes']:>12,} -> {'-':>12}  (only in A)")
+    for t in d["only_b"]:
+        lines.append(f"{t['name']:<{width}}  {'-':>7} -> {t['type']:<7}  {'-':>12} -> {t['bytes']:>12,}  (only in B)")
+    delta = d["tensor_bytes_b"] - d["tensor_bytes_a"]
+    lines.append(f"{len(d['changed'])} tensor(s) differ, {len(d['only_a'])} only in A, {len(d['only_b'])} only in B, "
+                 f"{d['n_same']} the same; {_mib(d['tensor_bytes_a'])} ({d['bpw_a']:.2f} bpw) -> "
+                 f"{_mib(d['tensor_bytes_b'])} ({d['bpw_b']:.2f} bpw), {delta:+,} bytes")
+    return "\n".join(lines) + "\n"

@@ -9,6 +9,11 @@ writeback. Reported per row: median wall
 seconds of each, the ratio ours / llama-quantize, M weights/s, peak RSS of each process
 (ru_maxrss from wait4) and whether the two outputs are byte-identical.
 
+The batch row (--batch-types, on --batch-models at 2 threads): one `convert --types A,B,C,D` run
+(with its manifests, and again with --no-manifest) against the same types as single runs of ours
+and of llama-quantize; the sums of wall time, the ratios and peak RSS, and whether all outputs are
+byte-identical.
+
 Start-up is reported apart: `pyquantize --help` and `inspect`, and converts of the two tiny
 models the tests use (stories260K to Q8_0, the 5.5 M-weight synthetic llama to Q4_K_M) cold
 (first run after the Numba cache is emptied: every kernel it needs is compiled) and warm (cache
@@ -28,6 +33,7 @@ libllama.so in a small Python wrapper process (its RSS and start-up then include
     python scripts/bench.py --types Q4_K_M,Q8_0 --threads 2 --repeat 5 --json out.json
     python scripts/bench.py --models stories --types all      # every file type on the tiny model
     python scripts/bench.py --startup-only
+    python scripts/bench.py --batch-only --repeat 2          # four types in one run, on the 308 M model
 """
 
 from __future__ import annotations
@@ -118,6 +124,16 @@ class Ours:
         cmd = PYQUANTIZE + ["convert", str(src), str(dst), ftype, str(threads), "--json"]
         if imatrix:
             cmd += ["--imatrix", str(imatrix)]
+        r = run(cmd, self.env)
+        doc = json.loads(r.stdout)
+        r.stdout = ""
+        r.compile_seconds = doc["compile_seconds"]
+        return r
+
+    def batch(self, src: Path, template: Path, ftypes: list[str], threads: int, manifest: bool = True) -> Run:
+        """`convert IN --types A,B,... -o TEMPLATE`: every type from one read."""
+        cmd = PYQUANTIZE + ["convert", str(src), "--types", ",".join(ftypes), "-o", str(template), "-t", str(threads),
+                            "--json"] + ([] if manifest else ["--no-manifest"])
         r = run(cmd, self.env)
         doc = json.loads(r.stdout)
         r.stdout = ""
@@ -338,6 +354,77 @@ def measure(ours: Ours, ref: Reference, model: str, path: Path, ftype: str, thre
     }
 
 
+def measure_batch(ours: Ours, ref: Reference, model: str, path: Path, ftypes: list[str], threads: int, repeat: int,
+                  work: Path) -> dict:
+    """Several types in one run (convert --types, with and without manifests) against the same
+    types as separate single-type runs of ours and of llama-quantize. Each round runs the four
+    contenders in a rotating order; a contender's time is its total wall time for all the types,
+    its RSS the peak of its largest process."""
+    names = ["batch", "batch_nomanifest", "ours", "ref"]
+    totals: dict[str, list[float]] = {n: [] for n in names}
+    rss: dict[str, float] = {n: 0.0 for n in names}
+
+    def single_runs(tool, prefix: str) -> list[Run]:
+        runs = []
+        for t in ftypes:
+            os.sync()
+            runs.append(tool.convert(path, fresh(work / f"{prefix}-{t}.gguf"), t, threads, None))
+        return runs
+
+    def batch(prefix: str, manifest: bool) -> list[Run]:
+        for t in ftypes:
+            fresh(work / f"{prefix}-{t}.gguf")
+        os.sync()
+        return [ours.batch(path, work / f"{prefix}-{{type}}.gguf", ftypes, threads, manifest)]
+
+    contenders = {"batch": lambda: batch("b", True), "batch_nomanifest": lambda: batch("n", False),
+                  "ours": lambda: single_runs(ours, "s"), "ref": lambda: single_runs(ref, "r")}
+    batch("b", True)  # untimed: compiles what the cache lacks
+    for i in range(repeat):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for name in order:
+            runs = contenders[name]()
+            totals[name].append(sum(r.seconds for r in runs))
+            rss[name] = max(rss[name], max(r.max_rss_mb for r in runs))
+    same = {t: same_bytes(work / f"b-{t}.gguf", work / f"s-{t}.gguf") and same_bytes(work / f"b-{t}.gguf", work / f"r-{t}.gguf")
+            and same_bytes(work / f"n-{t}.gguf", work / f"s-{t}.gguf") for t in ftypes}
+    for prefix in "bnsr":
+        for t in ftypes:
+            (work / f"{prefix}-{t}.gguf").unlink(missing_ok=True)
+            (work / f"{prefix}-{t}.gguf.manifest.json").unlink(missing_ok=True)
+    med = {n: median(totals[n]) for n in names}
+    return {
+        "model": model, "types": ftypes, "threads": threads, "n_weights": n_weights(path),
+        "batch_s": med["batch"], "batch_nomanifest_s": med["batch_nomanifest"],
+        "ours_singles_s": med["ours"], "ref_singles_s": med["ref"],
+        "ratio_ours": med["batch"] / med["ours"], "ratio_ref": med["batch"] / med["ref"],
+        "batch_rss_mb": rss["batch"], "batch_nomanifest_rss_mb": rss["batch_nomanifest"],
+        "ours_single_rss_mb": rss["ours"], "ref_single_rss_mb": rss["ref"],
+        "rss_ratio": rss["batch"] / rss["ours"],
+        "runs_s": {n: [round(x, 3) for x in totals[n]] for n in names},
+        "same_bytes": all(same.values()), "same_bytes_per_type": same,
+    }
+
+
+TARGET_BATCH = {"ratio_ours": 0.6, "ratio_ref": 0.4, "rss_ratio": 1.5}
+
+
+def batch_text(r: dict) -> list[str]:
+    missed = [k for k, limit in TARGET_BATCH.items() if r[k] > limit]
+    return [
+        f"{r['model']} ({r['n_weights'] / 1e6:.0f} M weights), {','.join(r['types'])} at {r['threads']} threads "
+        f"(sum of wall times, median of rounds):",
+        f"  one run --types            {r['batch_s']:7.2f} s  peak RSS {r['batch_rss_mb']:5.0f} MB"
+        f"   (--no-manifest: {r['batch_nomanifest_s']:.2f} s, {r['batch_nomanifest_rss_mb']:.0f} MB)",
+        f"  {len(r['types'])} single pyquantize runs   {r['ours_singles_s']:7.2f} s  peak RSS {r['ours_single_rss_mb']:5.0f} MB",
+        f"  {len(r['types'])} llama-quantize runs      {r['ref_singles_s']:7.2f} s  peak RSS {r['ref_single_rss_mb']:5.0f} MB",
+        f"  ratio vs our singles {r['ratio_ours']:.2f} (target <= {TARGET_BATCH['ratio_ours']}), vs llama-quantize "
+        f"{r['ratio_ref']:.2f} (<= {TARGET_BATCH['ratio_ref']}), RSS vs a single run {r['rss_ratio']:.2f} "
+        f"(<= {TARGET_BATCH['rss_ratio']}); outputs identical {'yes' if r['same_bytes'] else 'NO'}"
+        + (f"  (missed: {', '.join(missed)})" if missed else ""),
+    ]
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 HEADER = (f"{'model':<8} {'type':<8} {'thr':>3} {'ours s':>8} {'ref s':>8} {'ratio':>6} {'ours Mw/s':>9} "
@@ -378,6 +465,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each tool per row; the median is reported (default 3)")
     ap.add_argument("--llama-quantize", metavar="PATH", help="the reference binary (default $LLAMA_QUANTIZE or ../ref/build)")
+    ap.add_argument("--batch-types", default="Q4_K_M,Q5_K_M,Q6_K,Q8_0",
+                    help="types of the batch row: one `convert --types` run against single runs ('' to skip)")
+    ap.add_argument("--batch-models", default="big", help="models of the batch row (default big), at 2 threads")
+    ap.add_argument("--batch-only", action="store_true", help="only the batch row")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up measurements")
     ap.add_argument("--startup-only", action="store_true", help="only the start-up measurements")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
@@ -387,7 +478,9 @@ def main(argv=None) -> int:
     ours = Ours()
     types = file_types(args.types)
     threads = [int(t) for t in args.threads.split(",")]
-    models = [] if args.startup_only else [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [] if args.startup_only or args.batch_only else [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.batch_only:
+        args.no_startup = True
     paths = {m: model_path(m) for m in models}
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=CACHE))
     doc = {"cores": os.cpu_count(), "load_start": loadavg(), "reference": ref.kind, "repeat": args.repeat,
@@ -422,6 +515,19 @@ def main(argv=None) -> int:
                         continue
                     doc["rows"].append(r)
                     print(row_text(r), flush=True)
+        batch_types = file_types(args.batch_types) if args.batch_types and not args.startup_only else []
+        batch_models = [m.strip() for m in args.batch_models.split(",") if m.strip()] if batch_types else []
+        for model in batch_models:
+            print(flush=True)
+            try:
+                r = measure_batch(ours, ref, model, model_path(model), batch_types, 2, args.repeat, work)
+            except RunFailed as exc:
+                print(f"batch {model} failed: {exc}", flush=True)
+                doc.setdefault("batch", []).append({"model": model, "error": str(exc)})
+                continue
+            doc.setdefault("batch", []).append(r)
+            for line in batch_text(r):
+                print(line, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     doc["load_end"] = loadavg()

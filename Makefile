@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # llama.cpp as the reference (compiles it: ~4 min on 2 cores, then cached by pip)
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 
-.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e lint golden clean
+.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-target lint golden clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -28,13 +28,18 @@ test-all:
 
 # Kernels against ggml_quantize_chunk, then whole conversions against llama-quantize (needs
 # scripts/build_llama_cpp.sh or $$LLAMA_QUANTIZE; generates its inputs into ~/.cache/pyquantize-bench)
-bench: bench-kernels bench-e2e
+bench: bench-kernels bench-e2e bench-target
 
 bench-kernels:
 	$(BIN)/python scripts/bench_kernels.py
 
 bench-e2e:
 	$(BIN)/python scripts/bench.py --json bench-out/e2e.json
+
+# target mode (issue 16): a whole search with an empty cache, and a second target from the cache,
+# against a plain convert (stories260K by default; see the script for a real model)
+bench-target:
+	$(BIN)/python scripts/bench_target.py --json bench-out/target.json
 
 lint:
 	$(BIN)/python -m compileall -q quantize_cli kernels scripts tests

@@ -59,7 +59,7 @@ class TargetOptions:
     text: Path | None = None  # calibration text for the sensitivities; None: weighted error only
     chunks: int = 1
     ctx: int = 128
-    rows: int = 256  # rows measured per tensor and candidate (0: all)
+    rows: int = 64  # rows measured per tensor and candidate (0: all)
 
     def describe(self) -> str:
         return f"--target-size {self.size}" if self.size is not None else f"--target-bpw {self.bpw:g}"

@@ -241,3 +241,42 @@ def test_llama_cpp_loads_a_target_file(tmp_path, imatrix):
     # llama.cpp rounds activations to 8 bits for quantized products: close, not equal
     assert (theirs.argmax(1) == ours.argmax(1)).mean() >= 0.9
     assert np.abs(theirs - ours).max() < 0.05 * np.abs(ours).max()
+
+
+@pytest.mark.reference
+def test_llama_perplexity_measures_a_target_file_as_we_do(tmp_path, imatrix):
+    """llama-perplexity --kl-divergence loads a mixed file and finds the KLD our forward pass
+    finds (its activations are rounded to 8 bits for quantized products: within 10 %), and our
+    mix beats llama.cpp's Q4_K_M of the same size."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    exe = Path(os.environ.get("LLAMA_CPP_BIN", "/work/ref/build/bin")) / "llama-perplexity"
+    if not exe.exists():
+        pytest.skip(f"{exe} not found: llama.cpp's tools are not built (scripts/build_llama_cpp.sh)")
+    text = tmp_path / "heldout.txt"
+    text.write_text(TEXT.read_text(encoding="utf-8")[-60000:], encoding="utf-8")
+    theirs = tmp_path / "q4km.gguf"
+    assert _convert(STORIES, theirs, "Q4_K_M", "--imatrix", imatrix, "--quiet").exit_code == 0
+    ours = tmp_path / "ours.gguf"
+    assert _convert(STORIES, ours, "--target-size", theirs.stat().st_size, "--imatrix", imatrix,
+                    "--search-text", TEXT, "--quiet").exit_code == 0
+    assert ours.stat().st_size <= theirs.stat().st_size
+    common = ["-f", str(text), "-c", "128", "--chunks", "6", "-t", "1", "-fa", "off"]
+    subprocess.run([str(exe), "-m", str(STORIES), "--kl-divergence-base", str(tmp_path / "base.kld"), *common],
+                   check=True, capture_output=True)
+
+    def llama_kld(path: Path) -> float:
+        run = subprocess.run([str(exe), "-m", str(path), "--kl-divergence-base", str(tmp_path / "base.kld"),
+                              "--kl-divergence", *common], check=True, capture_output=True, text=True)
+        return float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", run.stdout + run.stderr).group(1))
+
+    out = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "target_eval.py"), str(STORIES),
+                          str(text), str(ours), "--chunks", "6", "--ctx", "128"], check=True, capture_output=True,
+                         text=True).stdout
+    our_kld = float(re.search(r"\| ours\.gguf \|[^|]+\|[^|]+\|[^|]+\| ([0-9.]+)", out).group(1))
+    ours_in_llama = llama_kld(ours)
+    assert ours_in_llama == pytest.approx(our_kld, rel=0.1)
+    assert ours_in_llama < llama_kld(theirs)

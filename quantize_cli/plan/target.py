@@ -100,14 +100,14 @@ def check_options(options: QuantizeOptions, target: TargetOptions) -> None:
         raise PlanError("--target-bpw and --target-size cannot be used together; keep one")
     if target.bpw is not None and not 0 < target.bpw <= 32:
         raise PlanError(f"--target-bpw {target.bpw:g}: must be between 0 and 32")
+    if options.keep_split:
+        raise PlanError(f"--keep-split conflicts with {target.describe()}: the limit is for one output file")
     for flag, on in (("--output-tensor-type", options.output_tensor_type is not None),
                      ("--token-embedding-type", options.token_embedding_type is not None),
-                     ("--pure", options.pure), ("--keep-split", options.keep_split),
-                     ("a file type (COPY)", options.only_copy)):
+                     ("--pure", options.pure), ("COPY", options.only_copy)):
         if on:
-            raise PlanError(f"{flag} conflicts with {target.describe()}, which chooses those types itself; "
-                            "pin single tensors with --tensor-type REGEX=TYPE instead" if flag != "--keep-split" else
-                            f"--keep-split conflicts with {target.describe()}: the limit is for one output file")
+            raise PlanError(f"{flag} conflicts with {target.describe()}, which chooses every tensor's type; "
+                            "pin single tensors with --tensor-type REGEX=TYPE instead")
     if target.chunks < 1 or target.ctx < 8 or target.rows < 0:
         raise PlanError("--search-chunks must be at least 1, --search-ctx at least 8, --search-rows at least 0")
 

@@ -172,6 +172,7 @@ def test_pinned_tensors_keep_their_type(tmp_path, imatrix):
     (["--pure"], "--pure conflicts"),
     (["--keep-split"], "--keep-split conflicts"),
     (["--target-size", "1MiB"], "--target-bpw and --target-size cannot be used together"),
+    (["--search-text", "/nonexistent/text.txt"], "--search-text /nonexistent/text.txt: no such file"),
 ])
 def test_conflicting_options_are_refused(tmp_path, extra, message):
     result = _convert(STORIES, tmp_path / "t.gguf", "--target-bpw", "6", *extra)

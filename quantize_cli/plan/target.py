@@ -108,6 +108,8 @@ def check_options(options: QuantizeOptions, target: TargetOptions) -> None:
         if on:
             raise PlanError(f"{flag} conflicts with {target.describe()}, which chooses every tensor's type; "
                             "pin single tensors with --tensor-type REGEX=TYPE instead")
+    if target.text is not None and not Path(target.text).is_file():
+        raise PlanError(f"--search-text {target.text}: no such file; give the calibration text (like the imatrix's)")
     if target.chunks < 1 or target.ctx < 8 or target.rows < 0:
         raise PlanError("--search-chunks must be at least 1, --search-ctx at least 8, --search-rows at least 0")
 

@@ -88,6 +88,13 @@ def test_parse_size_refuses(text):
         parse_size(text)
 
 
+def test_needs_imatrix_matches_the_kernels():
+    import kernels
+    from quantize_cli.plan.target import NEEDS_IMATRIX
+
+    assert NEEDS_IMATRIX == {k.type for k in kernels.registry().values() if k.needs_imatrix}
+
+
 def test_parse_types():
     assert [t.name for t in parse_types("q4_k, IQ4_XS,Q4_K")] == ["Q4_K", "IQ4_XS"]
     with pytest.raises(PlanError):

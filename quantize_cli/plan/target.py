@@ -46,7 +46,9 @@ CACHE_VERSION = 1
 # MXFP4/NVFP4/Q1_0/Q2_0 (too new for older llama.cpp builds, ollama, LM Studio).
 DEFAULT_TYPES = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S,
                  T.IQ4_XS, T.IQ4_NL, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.F16)
-# the file type named after each tensor type (llama_model_loader's guess, without GUESSED)
+# ggml_quantize_requires_imatrix (the kernels refuse these without one; kept here so that a cached
+# search imports no kernel family it will not write; tests/test_target.py checks it)
+NEEDS_IMATRIX = frozenset((T.IQ2_XXS, T.IQ2_XS, T.IQ1_S))
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
 
 
@@ -131,7 +133,7 @@ def candidate_types(tp: TensorPlan, types: list[T]) -> list[T]:
     for qtype in types:
         if qtype not in (T.F32, T.F16, T.BF16) and tp.ne[0] % type_sizes(qtype)[0]:
             qtype = _fallback(tp.ne[0], qtype)[0]
-        if qtype != T.F32 and kernels.get(qtype).needs_imatrix and not tp.imatrix_name:
+        if qtype in NEEDS_IMATRIX and not tp.imatrix_name:
             continue
         if qtype not in out:
             out.append(qtype)
@@ -317,7 +319,7 @@ def target_plan(source: Source, base: Plan, options: QuantizeOptions, imatrix_en
         qtype = f.types[k]
         predicted += it.error[k]
         tensors[f.index] = replace(f.tp, type=qtype, reason=f"target: {qtype.name} (predicted {unit} {it.error[k]:.3g})",
-                                   requires_imatrix=qtype != T.F32 and kernels.get(qtype).needs_imatrix)
+                                   requires_imatrix=qtype in NEEDS_IMATRIX)
     ftype = mixed_ftype([tp for i, tp in enumerate(tensors) if i in free_index])
     kv = _target_kv(base.kv, target, unit, predicted, ftype)
     notes = list(base.notes)

@@ -39,7 +39,7 @@ def total(items: list[Item], choice: list[int]) -> tuple[int, float]:
             float(sum(it.error[k] for it, k in zip(items, choice))))
 
 
-def solve(items: list[Item], capacity: int, max_units: int = 30_000, max_cells: int = 40_000_000) -> list[int]:
+def solve(items: list[Item], capacity: int, max_units: int = 10_000, max_cells: int = 40_000_000) -> list[int]:
     """Index of the chosen candidate per item; total bytes <= capacity (or Infeasible)."""
     if not items:
         return []

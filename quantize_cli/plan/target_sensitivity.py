@@ -16,6 +16,9 @@ their quantized -> dequantized values (`_SwappedModel`). The KL divergence is co
 (`mean_kld`), not by eval/: SEAM - switch to quantize_cli.eval's KLD once it is on main; the
 numbers are the same definition (mean over tokens of sum_v p log(p / q)).
 
+This is the one place plan/ reaches runtime/ (Model, tokenizer), imported lazily inside
+calibrate(): the search needs the forward pass, a plain plan never loads it.
+
 The BLAS runs on one thread while calibrating, so the sensitivities (and the chosen mix) do not
 depend on the thread count.
 """

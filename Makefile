@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # llama.cpp as the reference (compiles it: ~4 min on 2 cores, then cached by pip)
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 
-.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-perplexity lint golden clean
+.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-perplexity bench-target lint golden clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,7 @@ test-all:
 
 # Kernels against ggml_quantize_chunk, then whole conversions against llama-quantize (needs
 # scripts/build_llama_cpp.sh or $$LLAMA_QUANTIZE; generates its inputs into ~/.cache/pyquantize-bench)
-bench: bench-kernels bench-e2e bench-perplexity
+bench: bench-kernels bench-e2e bench-perplexity bench-target
 
 bench-kernels:
 	$(BIN)/python scripts/bench_kernels.py
@@ -39,6 +39,11 @@ bench-e2e:
 # perplexity tokens/s and peak RSS against llama-perplexity (SmolLM2-135M F16; see the script's docstring)
 bench-perplexity:
 	$(BIN)/python scripts/bench_perplexity.py --compare --json bench-out/perplexity.json
+
+# target mode (issue 16): a whole search with an empty cache, and a second target from the cache,
+# against a plain convert (stories260K by default; see the script for a real model)
+bench-target:
+	$(BIN)/python scripts/bench_target.py --json bench-out/target.json
 
 lint:
 	$(BIN)/python -m compileall -q quantize_cli kernels scripts tests

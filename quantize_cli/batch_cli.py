@@ -78,6 +78,8 @@ def convert_batch(**a) -> None:
     from . import manifest as mf
     from .batch import Target, convert_types
 
+    if a.get("target_bpw") is not None or a.get("target_size") is not None:
+        raise UsageError("--target-bpw/--target-size make one file: give IN OUT without --types/-o/--manifest/--skip-unchanged")
     if a["dry_run"]:
         raise UsageError("--dry-run shows one plan: give one TYPE, without --types/-o/--manifest/--skip-unchanged")
     if a["include_weights"] and a["exclude_weights"]:

@@ -119,6 +119,14 @@ def convert(
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="OUT", help="Output name; {type} and {name} (IN's stem) are filled in, e.g. 'out/{name}-{type}.gguf'."),
     manifest: Optional[bool] = typer.Option(None, "--manifest/--no-manifest", help="Write OUT.manifest.json beside each output (sha256, type mix, options, input, version); default on with --types, -o or --skip-unchanged."),
     skip_unchanged: bool = typer.Option(False, "--skip-unchanged", help="Skip an output whose manifest says it was made from the same input and options by this version."),
+    target_bpw: Optional[float] = typer.Option(None, "--target-bpw", metavar="BPW", help="Target mode: choose every tensor's type for the least predicted damage with the tensor data at most BPW bits per weight (no TYPE).", rich_help_panel="Target mode"),
+    target_size: Optional[str] = typer.Option(None, "--target-size", metavar="SIZE", help="Target mode: the whole output file at most SIZE (B, KB, KiB, MB, MiB, GB, GiB; a plain number is bytes).", rich_help_panel="Target mode"),
+    target_types: Optional[str] = typer.Option(None, "--target-types", metavar="T1,T2,...", help="Target mode: the candidate types (default: K-quants, IQ2-IQ4, legacy, Q8_0, F16).", rich_help_panel="Target mode"),
+    search_text: Optional[Path] = typer.Option(None, "--search-text", metavar="FILE", help="Target mode: text for calibrating each tensor's sensitivity (KL divergence) on the forward pass; without it the search uses the imatrix-weighted error alone.", rich_help_panel="Target mode"),
+    search_cache: Optional[Path] = typer.Option(None, "--search-cache", metavar="DIR", help="Target mode: keep measurements here, so further targets for the same input and imatrix reuse them.", rich_help_panel="Target mode"),
+    search_chunks: int = typer.Option(1, "--search-chunks", metavar="N", help="Target mode: chunks of --search-text for the calibration.", rich_help_panel="Target mode"),
+    search_ctx: int = typer.Option(128, "--search-ctx", metavar="N", help="Target mode: tokens per calibration chunk.", rich_help_panel="Target mode"),
+    search_rows: int = typer.Option(64, "--search-rows", metavar="N", help="Target mode: rows measured per tensor and candidate type (0: every row).", rich_help_panel="Target mode"),
 ) -> None:
     try:
         if types or output or manifest or skip_unchanged:
@@ -131,6 +139,43 @@ def convert(
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted; no output was written", 130)
+
+
+def _parse_positional_target(args: list[str], flag: str):
+    """Target mode's positional form: IN [OUT] [NTHREADS]; a TYPE would contradict the search."""
+    from .plan import parse_file_type
+
+    if not args:
+        fail(f"expected IN [OUT] [NTHREADS] with {flag}")
+    rest = list(args[1:])
+    for arg in rest:
+        try:
+            parse_file_type(arg)
+        except PyquantizeError:
+            continue
+        if not arg.isdigit():
+            fail(f"{flag} chooses every tensor's type: drop the file type {arg!r} (narrow the choice with --target-types)")
+    out = Path(rest.pop(0)) if rest and not rest[0].isdigit() else None
+    nthreads = int(rest.pop(0)) if rest and rest[0].isdigit() else None
+    if rest:
+        fail(f"unexpected argument(s): {' '.join(rest)}")
+    return Path(args[0]), out, nthreads
+
+
+def _target_options(target_bpw, target_size, target_types, search_text, search_cache, search_chunks, search_ctx,
+                    search_rows):
+    from .plan.target import TargetOptions, parse_size, parse_types
+
+    if target_bpw is None and target_size is None:
+        if target_types or search_text or search_cache:
+            fail("--target-types/--search-* need --target-bpw or --target-size")
+        return None
+    target = TargetOptions(bpw=target_bpw, size=parse_size(target_size) if target_size is not None else None,
+                           cache_dir=search_cache, text=search_text, chunks=search_chunks, ctx=search_ctx,
+                           rows=search_rows)
+    if target_types:
+        target.types = parse_types(target_types)
+    return target
 
 
 def _parse_positional(args: list[str]):
@@ -167,7 +212,9 @@ def _parse_positional(args: list[str]):
 
 def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include_weights, exclude_weights,
              output_tensor_type, token_embedding_type, tensor_type, tensor_type_file, prune_layers, keep_split,
-             override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out, **batch_options) -> None:
+             override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out, target_bpw=None,
+             target_size=None, target_types=None, search_text=None, search_cache=None, search_chunks=1, search_ctx=128,
+             search_rows=64, **batch_options) -> None:
     _quiet_helper_threads()
     from . import convert as conv
     from .errors import PlanError
@@ -175,7 +222,15 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
                        parse_tensor_type_option, read_tensor_type_file)
     from .sources import open_source
 
-    src, out, ftype, ftype_name, nthreads = _parse_positional(args)
+    target = _target_options(target_bpw, target_size, target_types, search_text, search_cache, search_chunks,
+                             search_ctx, search_rows)
+    if target is None:
+        src, out, ftype, ftype_name, nthreads = _parse_positional(args)
+    else:  # the base plan is Q8_0's: which tensors are quantizable, imatrix entries, --tensor-type pins
+        from .plan import FType
+
+        src, out, nthreads = _parse_positional_target(args, target.describe().split()[0])
+        ftype, ftype_name = FType.Q8_0, "target-" + (target_size or f"{target_bpw:g}bpw").replace(" ", "")
     if include_weights and exclude_weights:
         raise PlanError("--include-weights and --exclude-weights cannot be used together")
     if (include_weights or exclude_weights) and not imatrix:
@@ -200,13 +255,18 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
         kv_overrides=[parse_override_kv(t) for t in override_kv],
     )
     imatrix_input = conv.load_imatrix_input(imatrix) if imatrix else None
+    if target is not None:
+        from .plan.target import check_options
+
+        check_options(options, target)
     if out is None:
         out = conv.default_output_path(src, ftype_name)
+    log = None if quiet or json_out else (lambda message: typer.echo(message, err=True))
 
     if dry_run:
         source = open_source(src) if not src.is_dir() else _open_hf(src, no_vocab)
         with source:
-            plan = conv.plan_with_imatrix(source, options, imatrix_input)
+            plan = conv.plan_for(source, options, imatrix_input, target, src, log)
             _print_plan(plan, json_out)
         return
 
@@ -219,9 +279,11 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
     show_progress = console is not None and console.is_terminal
     source = _open_hf(src, no_vocab) if src.is_dir() else None
     if show_progress:
-        result = _convert_with_progress(conv, src, out, options, imatrix_input, threads or nthreads, console, source)
+        result = _convert_with_progress(conv, src, out, options, imatrix_input, threads or nthreads, console, source,
+                                        target=target, log=log)
     else:
-        result = conv.convert(src, out, options, imatrix_input, threads or nthreads, source=source)
+        result = conv.convert(src, out, options, imatrix_input, threads or nthreads, source=source, target=target,
+                              log=log)
     if json_out:
         typer.echo(json.dumps(_result_json(result), indent=2))
     elif not quiet:
@@ -248,7 +310,7 @@ def _open_hf(path: Path, no_vocab: bool):
     return HFSource(path, no_vocab=no_vocab)
 
 
-def _convert_with_progress(conv, src, out, options, imatrix_input, nthreads, console, source):
+def _convert_with_progress(conv, src, out, options, imatrix_input, nthreads, console, source, **extra):
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
@@ -266,7 +328,7 @@ def _convert_with_progress(conv, src, out, options, imatrix_input, nthreads, con
             progress.advance(task, nbytes)
 
     with progress:
-        return conv.convert(src, out, options, imatrix_input, nthreads, progress=on_event, source=source)
+        return conv.convert(src, out, options, imatrix_input, nthreads, progress=on_event, source=source, **extra)
 
 
 def _mib(n: int) -> str:
@@ -297,6 +359,9 @@ def _print_summary(result, console) -> None:
                   f"({result.bpw_in:.2f} -> {result.bpw_out:.2f} bpw), {len(result.plan.tensors)} tensors, "
                   f"{result.seconds:.2f} s (of which {result.compile_seconds:.2f} s kernel compile/load){fallback}",
                   highlight=False, soft_wrap=True)
+    for note in result.plan.notes:
+        if note.startswith("--target-"):
+            console.print(note, highlight=False, soft_wrap=True)
 
 
 def _print_plan(plan, json_out: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from kernels.gguf_compat import GGMLQuantizationType as T
@@ -24,6 +24,9 @@ from .formats.gguf import check_metadata_types
 from .formats.output import atomic_outputs, check_writable, refuse_overwriting_inputs
 from .formats.rows import describe as describe_bad, first_invalid_block
 from .formats.values import TensorInfo
+
+if TYPE_CHECKING:
+    from .plan.target import TargetOptions
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 # Float32 rows handled per slab. Small enough that the slab stays in cache between the NaN/Inf
@@ -178,6 +181,8 @@ def convert(
     nthreads: int | None = None,
     progress: Callable[[str, TensorPlan, int], None] | None = None,
     source: Source | None = None,
+    target: "TargetOptions | None" = None,
+    log: Callable[[str], None] | None = None,
 ) -> ConvertResult:
     """Quantize `src` into `dst` as llama-quantize would. `progress(event, tensor, nbytes)` is
     called once with ("plan", None, total input bytes) when the kernels are ready, then with
@@ -191,7 +196,7 @@ def convert(
     source = source or open_source(src)
     try:
         check_metadata_types(source.kv, options.kv_overrides, src)
-        plan = plan_with_imatrix(source, options, imatrix)
+        plan = plan_for(source, options, imatrix, target, src, log)
         check_plan(plan, imatrix)
         outputs = split_output_paths(dst, plan.n_splits)
         for out in outputs:
@@ -217,6 +222,22 @@ def convert(
     finally:
         if own_source:
             source.close()
+
+
+def plan_for(source: Source, options: QuantizeOptions, imatrix: ImatrixInput | None,
+             target: "TargetOptions | None" = None, src: Path | None = None,
+             log: Callable[[str], None] | None = None) -> Plan:
+    """The plan: llama.cpp's rules, or with `target` the searched mix (plan/target.py) built on
+    the plan at the base file type (Q8_0): which tensors are quantizable, imatrix entries, pins."""
+    if target is None:
+        return plan_with_imatrix(source, options, imatrix)
+    from .plan.target import check_options, target_plan
+
+    check_options(options, target)
+    base = plan_with_imatrix(source, options, imatrix)
+    model_path = Path(src) if src is not None and Path(src).is_file() else None
+    return target_plan(source, base, options, imatrix.entries if imatrix is not None else None, target,
+                       model_path, log)
 
 
 def plan_with_imatrix(source: Source, options: QuantizeOptions, imatrix: ImatrixInput | None) -> Plan:

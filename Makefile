@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # llama.cpp as the reference (compiles it: ~4 min on 2 cores, then cached by pip)
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 
-.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e lint golden clean
+.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-imatrix-moe lint golden clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench-kernels:
 
 bench-e2e:
 	$(BIN)/python scripts/bench.py --json bench-out/e2e.json
+
+# imatrix tokens/s against llama-imatrix on a Mixtral-style MoE of 101 M expert weights (minutes)
+bench-imatrix-moe:
+	$(BIN)/python scripts/make_arch_models.py $(HOME)/.cache/pyquantize-bench mixtral-bench
+	$(BIN)/python scripts/bench_imatrix.py --model $(HOME)/.cache/pyquantize-bench/mixtral-bench.gguf --chunks 6
 
 lint:
 	$(BIN)/python -m compileall -q quantize_cli kernels scripts tests

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # llama.cpp as the reference (compiles it: ~4 min on 2 cores, then cached by pip)
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 
-.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-perplexity bench-target lint golden clean
+.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-perplexity bench-target bench-imatrix-moe lint golden clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-perplexity:
 # against a plain convert (stories260K by default; see the script for a real model)
 bench-target:
 	$(BIN)/python scripts/bench_target.py --json bench-out/target.json
+
+# imatrix tokens/s against llama-imatrix on a Mixtral-style MoE of 101 M expert weights (minutes)
+bench-imatrix-moe:
+	$(BIN)/python scripts/make_arch_models.py $(HOME)/.cache/pyquantize-bench mixtral-bench
+	$(BIN)/python scripts/bench_imatrix.py --model $(HOME)/.cache/pyquantize-bench/mixtral-bench.gguf --chunks 6
 
 lint:
 	$(BIN)/python -m compileall -q quantize_cli kernels scripts tests

@@ -386,3 +386,8 @@ def test_nan_names_the_layer(tmp_path):
         import re
 
         assert re.search(where, _error(["perplexity", str(p), "-f", str(TEXT), "-c", "64", "--chunks", "1"]))
+
+
+def test_compare_tmp_dir_must_exist(tmp_path):
+    msg = _error(["compare", str(STORIES), str(STORIES), "-f", str(TEXT), "--tmp-dir", str(tmp_path / "nope")])
+    assert msg == f"error: --tmp-dir {tmp_path / 'nope'}: no such directory"

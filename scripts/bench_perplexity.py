@@ -31,7 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-BIN = Path(os.environ.get("LLAMA_CPP_BIN", ROOT.parent / "ref" / "build" / "bin"))
+# scripts/build_llama_cpp.sh builds into ../ref/build beside the checkout (a worktree: /work/ref/build)
+BIN = Path(os.environ.get("LLAMA_CPP_BIN") or next(
+    (p for p in (ROOT.parent / "ref" / "build" / "bin", Path("/work/ref/build/bin")) if p.is_dir()),
+    ROOT.parent / "ref" / "build" / "bin"))
 MODELS = Path(os.environ.get("PYQUANTIZE_MODELS", "/work/models/eval"))
 
 

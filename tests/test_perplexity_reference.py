@@ -42,13 +42,36 @@ def tool() -> Path:
 
 def llama_perplexity(model: Path, *args: str) -> str:
     cmd = [str(tool()), "-m", str(model), "-t", "2", *PLAIN, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout + proc.stderr
+    # llama.cpp logs from a worker thread, and under load its output sometimes lacks the chunk
+    # lines and the final report (as tests/test_imatrix_reference.py saw with llama-imatrix): a
+    # log with its final line is complete; otherwise run it again
+    kl = "--kl-divergence" in args
+    chunks = int(args[args.index("--chunks") + 1]) if "--chunks" in args else None
+    for _ in range(3):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        log = proc.stdout + proc.stderr
+        if kl and "Same top p:" in log or not kl and "Final estimate" in log and (
+                chunks is None or len(chunk_ppl(log)) >= chunks - 1):
+            break
+    return log
 
 
 def chunk_ppl(log: str) -> list[float]:
     return [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", log)]
+
+
+def assert_chunks_match(ours: list[float], log: str, n: int) -> None:
+    """Every chunk's running PPL within 0.1 %. The last chunk's line is sometimes lost from
+    llama-perplexity's piped stdout under load (its log thread); its "Final estimate" (stderr) is
+    the same value, so that stands in for it."""
+    theirs = chunk_ppl(log)
+    final = re.search(r"Final estimate: PPL = ([0-9.]+)", log)
+    assert final and len(theirs) >= n - 1, log[-2000:]
+    theirs = theirs[:n - 1] + [float(final.group(1))]
+    assert len(ours) == n
+    worst = max(abs(a - b) / b for a, b in zip(ours, theirs))
+    assert worst < 1e-3, (ours, theirs)
 
 
 def kld_stats(log: str) -> dict:
@@ -97,11 +120,8 @@ def convert(src: Path, out: Path, ftype: str, *extra: str) -> Path:
 # --- stories260K ------------------------------------------------------------------------------------------
 
 def test_stories_per_chunk_perplexity():
-    theirs = chunk_ppl(llama_perplexity(STORIES, "-f", str(TEXT), "-c", "128", "--chunks", "8"))
-    ours = evaluate(STORIES, PerplexityOptions(text_file=TEXT, ctx_size=128, chunks=8)).chunks
-    assert len(theirs) == len(ours) == 8
-    worst = max(abs(a - b) / b for a, b in zip(ours, theirs))
-    assert worst < 1e-3, (ours, theirs)
+    log = llama_perplexity(STORIES, "-f", str(TEXT), "-c", "128", "--chunks", "8")
+    assert_chunks_match(evaluate(STORIES, PerplexityOptions(text_file=TEXT, ctx_size=128, chunks=8)).chunks, log, 8)
 
 
 @pytest.fixture(scope="module")
@@ -167,15 +187,13 @@ def smollm2(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smollm2")
     base = tmp / "theirs.kld"
     log = llama_perplexity(SMOLLM2, "-f", str(TEXT), "-c", "512", "--chunks", "4", "--kl-divergence-base", str(base))
-    return tmp, base, chunk_ppl(log)
+    return tmp, base, log
 
 
 @pytest.mark.slow
 def test_smollm2_per_chunk_perplexity(smollm2):
-    _, _, theirs = smollm2
-    ours = evaluate(SMOLLM2, PerplexityOptions(text_file=TEXT, ctx_size=512, chunks=4)).chunks
-    assert len(theirs) == 4
-    assert max(abs(a - b) / b for a, b in zip(ours, theirs)) < 1e-3, (ours, theirs)
+    _, _, log = smollm2
+    assert_chunks_match(evaluate(SMOLLM2, PerplexityOptions(text_file=TEXT, ctx_size=512, chunks=4)).chunks, log, 4)
 
 
 @pytest.mark.slow

@@ -2,9 +2,9 @@
 """Tokens/s and peak RSS of `pyquantize perplexity` against llama-perplexity: same model, text,
 context, chunks and threads, both measured in this run.
 
-Rates: llama-perplexity's own prompt-eval rate (llama_perf_context_print: the forward passes) against
-our chunk loop's (forward passes and log-softmax, from `perplexity --json`); wall clock of each whole
-run (model load and tokenization included) and peak RSS (ru_maxrss from wait4). llama-perplexity
+Rates: llama-perplexity's own timing of its first pass ("seconds per pass": the forward pass of its
+first batch of chunks) against our chunk loop's (forward passes and log-softmax, from `perplexity
+--json`); wall clock of each whole run (model load and tokenization included) and peak RSS (ru_maxrss from wait4). llama-perplexity
 runs in float32 as our forward pass does (-ctk f32 -ctv f32 -fa off) and, for information, with
 its defaults (F16 KV cache, flash attention auto). With --compare, also the cost of
 `compare BASE C1..C4` against one base run plus four separate perplexity runs.
@@ -31,7 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-BIN = Path(os.environ.get("LLAMA_CPP_BIN", ROOT.parent / "ref" / "build" / "bin"))
+# scripts/build_llama_cpp.sh builds into ../ref/build beside the checkout (a worktree: /work/ref/build)
+BIN = Path(os.environ.get("LLAMA_CPP_BIN") or next(
+    (p for p in (ROOT.parent / "ref" / "build" / "bin", Path("/work/ref/build/bin")) if p.is_dir()),
+    ROOT.parent / "ref" / "build" / "bin"))
 MODELS = Path(os.environ.get("PYQUANTIZE_MODELS", "/work/models/eval"))
 
 
@@ -63,10 +66,12 @@ def llama(model: Path, text: Path, ctx: int, chunks: int, threads: int, plain: b
     if plain:
         cmd += ["-ctk", "f32", "-ctv", "f32", "-fa", "off"]
     r = run(cmd)
-    m = re.search(r"prompt eval time =\s*([0-9.]+) ms /\s*(\d+) tokens", r.out)
+    # "X seconds per pass": its first batch, n_seq = n_batch / n_ctx chunks (default batch 2048)
+    m = re.search(r"([0-9.]+) seconds per pass", r.out)
     if not m:
-        raise SystemExit(f"no prompt eval time in llama-perplexity's output:\n{r.out[-2000:]}")
-    return int(m.group(2)) / (float(m.group(1)) / 1000), r
+        raise SystemExit(f"no 'seconds per pass' in llama-perplexity's output:\n{r.out[-2000:]}")
+    first_pass_tokens = min(max(1, 2048 // ctx), chunks) * ctx
+    return first_pass_tokens / float(m.group(1)), r
 
 
 def ours(args: list[str], threads: int) -> tuple[dict, Run]:

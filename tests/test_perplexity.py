@@ -252,13 +252,19 @@ def test_cli_perplexity_and_kl_divergence_against_itself(tmp_path):
     assert abs(doc["kld"]["mean"]) < 1e-4 and doc["same_top_p"] == 1.0 and doc["rms_dp"] < 1e-3
 
 
-def test_compare_json_and_markdown(tmp_path):
-    q8 = tmp_path / "stories-q8_0.gguf"
-    q4 = tmp_path / "stories-q4_0.gguf"
-    r = runner.invoke(app, ["convert", str(STORIES), str(q8), "Q8_0", "--quiet"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["convert", str(STORIES), str(q4), "Q4_0", "--quiet"])
-    assert r.exit_code == 0, r.output
+@pytest.fixture(scope="module")
+def candidates(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("candidates")
+    out = {}
+    for ftype in ("Q8_0", "Q4_0"):
+        out[ftype] = tmp / f"stories-{ftype.lower()}.gguf"
+        r = runner.invoke(app, ["convert", str(STORIES), str(out[ftype]), ftype, "--quiet"])
+        assert r.exit_code == 0, r.output
+    return out
+
+
+def test_compare_json_and_markdown(candidates):
+    q8, q4 = candidates["Q8_0"], candidates["Q4_0"]
     r = runner.invoke(app, ["compare", str(STORIES), str(q8), str(q4), "-f", str(TEXT), "-c", "128", "--chunks", "2",
                             "--json"])
     assert r.exit_code == 0, r.output
@@ -344,10 +350,9 @@ def test_every_command_has_help():
         assert r.exit_code == 0 and "Usage" in r.stdout
 
 
-def test_compare_plot(tmp_path):
+def test_compare_plot(tmp_path, candidates):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'pyquantize[plot]')")
-    q8 = tmp_path / "q8.gguf"
-    assert runner.invoke(app, ["convert", str(STORIES), str(q8), "Q8_0", "--quiet"]).exit_code == 0
+    q8 = candidates["Q8_0"]
     png = tmp_path / "kld.png"
     r = runner.invoke(app, ["compare", str(STORIES), str(q8), "-f", str(TEXT), "-c", "64", "--chunks", "1", "-q",
                             "--markdown", "--plot", str(png)])
@@ -386,3 +391,8 @@ def test_nan_names_the_layer(tmp_path):
         import re
 
         assert re.search(where, _error(["perplexity", str(p), "-f", str(TEXT), "-c", "64", "--chunks", "1"]))
+
+
+def test_compare_tmp_dir_must_exist(tmp_path):
+    msg = _error(["compare", str(STORIES), str(STORIES), "-f", str(TEXT), "--tmp-dir", str(tmp_path / "nope")])
+    assert msg == f"error: --tmp-dir {tmp_path / 'nope'}: no such directory"

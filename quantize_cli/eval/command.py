@@ -189,6 +189,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the table as Markdown."),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="PNG", help="Also plot mean KLD against size (needs pyquantize[plot])."),
+    tmp_dir: Optional[Path] = typer.Option(None, "--tmp-dir", metavar="DIR", help="Where the base's temporary log-probs go (n_chunk x n_ctx/2 x n_vocab x 2 bytes) [default: the system's]."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar, no summary lines."),
 ) -> None:
     from .compare import compare as run_compare
@@ -214,7 +215,8 @@ def compare(
             rep.progress.update(rep.task, description=rep.label)
 
         with rep.progress:
-            result = run_compare(base, candidates, opts, on_model=on_model, on_chunk=rep.on_chunk, on_start=on_start)
+            result = run_compare(base, candidates, opts, on_model=on_model, on_chunk=rep.on_chunk, on_start=on_start,
+                                 tmp_dir=tmp_dir)
         if plot is not None:
             from .plot import plot_kld_vs_size
 

@@ -143,6 +143,8 @@ def compare(base_path: Path, candidates: List[Path], opts: PerplexityOptions,
     if not base_path.is_file():
         raise EvalError(f"{base_path}: no such base model file")
     check_same_vocab(base_path, [Path(c) for c in candidates])
+    if tmp_dir is not None and not Path(tmp_dir).is_dir():
+        raise EvalError(f"--tmp-dir {tmp_dir}: no such directory")
     with tempfile.TemporaryDirectory(prefix="pyquantize-compare-", dir=tmp_dir) as tmp:
         base_file = Path(tmp) / "base.kld"
         base_opts = PerplexityOptions(**{**opts.__dict__, "kl_base": base_file, "kl_divergence": False})

@@ -93,9 +93,11 @@ def _open_model(model_path: Path):
 
         swapped: dict[str, np.ndarray] = {}
 
-        def weight(self, name: str) -> np.ndarray:
+        def weight(self, name: str, expert=None) -> np.ndarray:
             w = self.swapped.get(name)
-            return w if w is not None else super().weight(name)
+            if w is None:
+                return super().weight(name, expert)
+            return w if expert is None else w[expert]  # a 3-D expert tensor: expert e's matrix
 
     model = _SwappedModel(model_path)
     model.swapped = {}

@@ -170,8 +170,8 @@ def test_source_equals_convert_hf_to_gguf_bf16(cache, tmp_path, family):
 # ------------------------------------------------------------------ pyquantize convert
 
 
-def convert(src: Path, out: Path, ftype: str) -> Path:
-    result = CliRunner().invoke(app, ["convert", str(src), str(out), ftype, "--quiet"])
+def convert(src: Path, out: Path, ftype: str, *extra: str) -> Path:
+    result = CliRunner().invoke(app, ["convert", str(src), str(out), ftype, "--quiet", *extra])
     assert result.exit_code == 0, result.output
     return out
 
@@ -181,17 +181,20 @@ def convert(src: Path, out: Path, ftype: str) -> Path:
 def test_convert_equals_convert_hf_to_gguf(cache, tmp_path, family, dtype, ftype):
     """`pyquantize convert DIR OUT F32|BF16`: the same tensors and pairs as convert_hf_to_gguf.py;
     the order is llama-quantize's (tensors by llama.cpp's name order, general.file_type and
-    general.quantization_version last), as for every file convert writes."""
+    general.quantization_version last), as for every file convert writes. gpt-oss's MXFP4 experts
+    stay MXFP4 in the converter's F32/BF16 files; for us that is COPY (F32 or BF16 would dequantize
+    them, as llama-quantize would)."""
     ref = reference(cache, family, dtype, ftype.lower())
-    ours = convert(checkpoint(cache, family, dtype), tmp_path / "ours.gguf", ftype)
+    ours = convert(checkpoint(cache, family, dtype), tmp_path / "ours.gguf", "COPY" if family == "gptoss" else ftype)
     assert sorted(gguf_kv(ours)) == sorted(gguf_kv(ref))
     assert sorted(gguf_tensors(ours)) == sorted(gguf_tensors(ref))
 
 
-def llama_quantize(src: Path, dst: Path, ftype: str) -> Path:
+def llama_quantize(src: Path, dst: Path, ftype: str, allow_requantize: bool = False) -> Path:
     binary = Path(os.environ.get("LLAMA_QUANTIZE", "/work/ref/build/bin/llama-quantize"))
     if binary.is_file():
-        _run([str(binary), str(src), str(dst), ftype, "1"], "llama-quantize")
+        _run([str(binary), *(["--allow-requantize"] if allow_requantize else []), str(src), str(dst), ftype, "1"],
+             "llama-quantize")
         return dst
     import ggml_ref
     import gguf
@@ -199,7 +202,8 @@ def llama_quantize(src: Path, dst: Path, ftype: str) -> Path:
 
     if llama_quantize_ref.lib() is None:
         pytest.skip(f"no llama-quantize at {binary} (set LLAMA_QUANTIZE) and {ggml_ref.WHY_ABSENT}")
-    rc, log = llama_quantize_ref.quantize(src, dst, int(gguf.LlamaFileType[f"MOSTLY_{ftype}"]))
+    rc, log = llama_quantize_ref.quantize(src, dst, int(gguf.LlamaFileType[f"MOSTLY_{ftype}"]),
+                                          allow_requantize=allow_requantize)
     assert rc == 0, log
     return dst
 
@@ -207,9 +211,11 @@ def llama_quantize(src: Path, dst: Path, ftype: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_pass_q4_k_m_equals_two_step(cache, tmp_path, family):
-    """convert DIR OUT Q4_K_M == llama-quantize(convert_hf_to_gguf.py --outtype f32), whole file."""
-    ref = llama_quantize(reference(cache, family, "F32", "f32"), tmp_path / "theirs.gguf", "Q4_K_M")
-    ours = convert(checkpoint(cache, family, "F32"), tmp_path / "ours.gguf", "Q4_K_M")
+    """convert DIR OUT Q4_K_M == llama-quantize(convert_hf_to_gguf.py --outtype f32), whole file.
+    gpt-oss's MXFP4 experts are requantized on both sides (--allow-requantize)."""
+    extra = ["--allow-requantize"] if family == "gptoss" else []
+    ref = llama_quantize(reference(cache, family, "F32", "f32"), tmp_path / "theirs.gguf", "Q4_K_M", bool(extra))
+    ours = convert(checkpoint(cache, family, "F32"), tmp_path / "ours.gguf", "Q4_K_M", *extra)
     assert not (diff := first_difference(gguf_kv(ref), gguf_kv(ours), "metadata")), diff
     assert not (diff := first_difference(gguf_tensors(ref), gguf_tensors(ours), "tensor")), diff
     assert ours.read_bytes() == ref.read_bytes()

@@ -54,9 +54,11 @@ class HFVocab:
         config = _read_json(d / "tokenizer_config.json", required=False) or {}
         wants_spm = {"llama": has_spm, "spm_or_gpt2": has_spm, "gpt2": False, "gemma2": True,
                      "gemma3": has_spm, "phi3": config.get("tokenizer_class") != "GPT2Tokenizer"}[kind]
-        if (wants_spm and not has_spm and kind in ("gemma2", "phi3")) or (not wants_spm and not has_json) \
-                or (kind == "llama" and not has_spm and not has_json):
-            need = "tokenizer.model" if wants_spm else "tokenizer.json"
+        if kind in ("llama", "spm_or_gpt2", "gemma3"):
+            need = None if has_spm or has_json else "tokenizer.model or tokenizer.json"
+        else:
+            need = None if (has_spm if wants_spm else has_json) else ("tokenizer.model" if wants_spm else "tokenizer.json")
+        if need is not None:
             raise SourceError(
                 f"{d}: no {need}; add the tokenizer files, or pass --no-vocab to convert without a vocabulary")
         if kind == "llama" and (add_prefix_space := config.get("add_prefix_space")) is not None:

@@ -323,6 +323,7 @@ T = gguf.MODEL_TENSOR
 ATTENTION = (T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT)
 DENSE = (T.ATTN_NORM, *ATTENTION, T.FFN_NORM, T.FFN_GATE, T.FFN_DOWN, T.FFN_UP)
 MOE = (T.ATTN_NORM, *ATTENTION, T.FFN_NORM, T.FFN_GATE_INP)
+GEMMA = (T.ATTN_NORM, *ATTENTION, T.FFN_PRE_NORM, T.FFN_GATE, T.FFN_DOWN, T.FFN_UP)  # pre_feedforward_layernorm
 
 # Gemma3TextConfig's defaults (transformers 5.x): gemma-3-*-it's config.json leaves them out of
 # text_config, and the converter reads them through AutoConfig
@@ -362,12 +363,12 @@ FAMILIES: dict[str, Family] = {
                                   block_tensors=MOE),
     # Gemma: norms stored as w - 1
     "Gemma2ForCausalLM": Family(A.GEMMA2, (gemma2,), "gemma2", norm_plus_one=True, drop=("lm_head.weight",),
-                               block_tensors=DENSE),
+                               block_tensors=GEMMA),
     "Gemma3ForCausalLM": Family(A.GEMMA3, (text_model, gemma3), "gemma3", norm_plus_one=True, trim_vocab_rows=True,
-                               block_tensors=DENSE),
+                               block_tensors=GEMMA),
     "Gemma3ForConditionalGeneration": Family(A.GEMMA3, (text_model, gemma3), "gemma3", norm_plus_one=True,
                                              trim_vocab_rows=True, text_defaults=GEMMA3_TEXT_DEFAULTS,
-                                             block_tensors=DENSE),
+                                             block_tensors=GEMMA),
     # others
     "Phi3ForCausalLM":   Family(A.PHI3, (phi3,), "phi3", extra="phi3_rope", dense_shapes=False,
                              block_tensors=(T.ATTN_NORM, T.ATTN_QKV, T.ATTN_OUT, T.FFN_NORM, T.FFN_UP, T.FFN_DOWN)),

@@ -41,6 +41,14 @@ TORCH_PYTHON = Path(os.environ.get("PYQUANTIZE_TORCH_PYTHON", "/work/torchenv/bi
 FAMILIES = ["qwen3", "gemma2", "gemma3", "gemma3mm", "phi3", "granite", "olmo2", "smollm3", "mixtral",
             "qwen3moe", "qwen2moe", "mistral3", "gptoss"]
 
+# the quick part of the tier (not slow): one dense, one Gemma, one MoE family at the source level
+QUICK = {"qwen3", "gemma3", "mixtral"}
+
+
+def _families(quick: set[str] = QUICK) -> list:
+    return [f if f in quick else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
+
+
 pytestmark = pytest.mark.reference
 
 
@@ -148,7 +156,7 @@ def our_source_as_gguf(folder: Path, path: Path) -> Path:
 # ------------------------------------------------------------------ the source, pair for pair
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", _families())
 def test_source_equals_convert_hf_to_gguf_f32(cache, tmp_path, family):
     """F32 checkpoint, --outtype f32: every pair and every tensor, in order, byte for byte."""
     ref = reference(cache, family, "F32", "f32")
@@ -176,8 +184,8 @@ def convert(src: Path, out: Path, ftype: str, *extra: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("family, dtype, ftype", [(f, "F32", "F32") for f in FAMILIES]
-                         + [pytest.param(f, "BF16", "BF16", marks=pytest.mark.slow) for f in FAMILIES])
+@pytest.mark.slow
+@pytest.mark.parametrize("family, dtype, ftype", [(f, "F32", "F32") for f in FAMILIES] + [(f, "BF16", "BF16") for f in FAMILIES])
 def test_convert_equals_convert_hf_to_gguf(cache, tmp_path, family, dtype, ftype):
     """`pyquantize convert DIR OUT F32|BF16`: the same tensors and pairs as convert_hf_to_gguf.py;
     the order is llama-quantize's (tensors by llama.cpp's name order, general.file_type and

@@ -130,11 +130,9 @@ class HFSource(HFVocab, Source):
     # ---------------------------------------------------------------- tensors
 
     def _index_tensors(self) -> list[TensorRef]:
-        entries = [e for e in (_Entry(*row) for row in _read_shards(self.path))]
+        entries = [_Entry(*row) for row in _read_shards(self.path)]  # in the converter's order
         self.tensor_map = gguf.get_tensor_name_map(self.arch, self.dims.n_layer)
-        tensors = list(self._extra_tensors(entries))
-        for item in self._emit(entries):
-            tensors.append(item)
+        tensors = [*self._extra_tensors(entries), *self._emit(entries)]
         self._check_complete(tensors)
         return tensors
 

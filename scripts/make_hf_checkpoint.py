@@ -10,6 +10,10 @@ checked against the GGUF it came from.
     python scripts/make_hf_checkpoint.py synthetic /tmp/bpe-hf --gguf /tmp/bpe.gguf \\
         --vocab .../llama.cpp/models/ggml-vocab-llama-bpe.gguf
 
+    # one of today's model families (qwen3, gemma3, mixtral, gptoss, ...), random weights written by
+    # transformers beside the family's real config.json layout (needs torch + transformers)
+    /work/torchenv/bin/python scripts/make_hf_checkpoint.py family qwen3 /tmp/qwen3-hf --dtype BF16
+
     # a large one (>= 500 MB of BF16 weights in shards) for memory measurements
     python scripts/make_hf_checkpoint.py synthetic /tmp/big-hf --large --vocab .../ggml-vocab-llama-spm.gguf
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import sys
 from pathlib import Path
@@ -390,6 +395,237 @@ def synthetic_gguf(path: Path, vocab_gguf: Path, n_embd: int, n_ff: int, n_layer
     w.close()
 
 
+# ------------------------------------------------------------------ model families (needs torch + transformers)
+
+LLAMA_CPP = Path(os.environ.get("LLAMA_CPP_DIR", "/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp"))
+
+# Each family: its config.json as the model's own repository has it, shrunk (fewer and narrower
+# layers, fewer experts; every key and style of the original kept, old-style rope keys included),
+# the llama.cpp vocabulary whose tokenizer files stand in for the real ones, and a real chat
+# template from llama.cpp's models/templates where there is one. The weights come from
+# transformers' own model class for that config, so tensor names and shapes are what
+# save_pretrained writes; the config.json written beside them is ours (the real layout).
+FAMILIES: dict[str, dict] = {
+    "qwen3": dict(vocab="qwen2", template="Qwen-Qwen3-0.6B.jinja", config={
+        "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 32, "hidden_act": "silu",
+        "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 96, "max_position_embeddings": 40960,
+        "max_window_layers": 2, "model_type": "qwen3", "num_attention_heads": 4, "num_hidden_layers": 2,
+        "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+        "sliding_window": None, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+        "use_sliding_window": False, "vocab_size": 151936}),
+    "gemma2": dict(vocab="llama-spm", template="google-gemma-2-2b-it.jinja", config={
+        "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "attn_logit_softcapping": 50.0, "bos_token_id": 1, "cache_implementation": "hybrid", "eos_token_id": 2,
+        "final_logit_softcapping": 30.0, "head_dim": 32, "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 64, "initializer_range": 0.02,
+        "intermediate_size": 128, "max_position_embeddings": 8192, "model_type": "gemma2",
+        "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "pad_token_id": 0,
+        "query_pre_attn_scalar": 32, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+        "torch_dtype": "float32", "use_cache": True, "vocab_size": 32000}),
+    "gemma3": dict(vocab="llama-spm", config={
+        "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "attn_logit_softcapping": None, "bos_token_id": 1, "cache_implementation": "hybrid", "eos_token_id": [2, 106],
+        "final_logit_softcapping": None, "head_dim": 32, "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 128, "max_position_embeddings": 32768,
+        "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 1,
+        "pad_token_id": 0, "query_pre_attn_scalar": 32, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000,
+        "rope_scaling": None, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
+        "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 32000}),
+    # gemma-3-4b-it: the text config names only what differs from Gemma3TextConfig's defaults
+    "gemma3mm": dict(vocab="llama-spm", config={
+        "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000,
+        "eos_token_id": [1, 106], "image_token_index": 262144, "initializer_range": 0.02,
+        "mm_tokens_per_image": 4, "model_type": "gemma3",
+        "text_config": {"hidden_size": 64, "intermediate_size": 128, "model_type": "gemma3_text",
+                        "num_hidden_layers": 2, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                        "sliding_window": 1024, "vocab_size": 32000},
+        "torch_dtype": "bfloat16",
+        "vision_config": {"hidden_size": 32, "image_size": 28, "intermediate_size": 64, "model_type": "siglip_vision_model",
+                          "num_attention_heads": 2, "num_hidden_layers": 1, "patch_size": 14, "vision_use_head": False}}),
+    "phi3": dict(vocab="phi-3", template="microsoft-Phi-3.5-mini-instruct.jinja", config={
+        "architectures": ["Phi3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1,
+        "embd_pdrop": 0.0, "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02,
+        "intermediate_size": 128, "max_position_embeddings": 4096, "model_type": "phi3", "num_attention_heads": 4,
+        "num_hidden_layers": 2, "num_key_value_heads": 4, "original_max_position_embeddings": 4096,
+        "pad_token_id": 32000, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": None,
+        "rope_theta": 10000.0, "sliding_window": 2047, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "use_cache": True, "vocab_size": 32064}),
+    "granite": dict(vocab="gpt-2", template="ibm-granite-granite-3.3-2B-Instruct.jinja", config={
+        "architectures": ["GraniteForCausalLM"], "attention_bias": False, "attention_dropout": 0.1,
+        "attention_multiplier": 0.015625, "bos_token_id": 0, "embedding_multiplier": 12.0, "eos_token_id": 0,
+        "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 128,
+        "logits_scaling": 8.0, "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "granite",
+        "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "pad_token_id": 0,
+        "residual_multiplier": 0.22, "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 10000000.0,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 50257}),
+    "olmo2": dict(vocab="gpt-2", config={
+        "architectures": ["Olmo2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "eos_token_id": 50256, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02,
+        "intermediate_size": 128, "max_position_embeddings": 4096, "model_type": "olmo2", "num_attention_heads": 4,
+        "num_hidden_layers": 2, "num_key_value_heads": 4, "pad_token_id": 50256, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 500000, "tie_word_embeddings": False, "torch_dtype": "float32",
+        "use_cache": True, "vocab_size": 50304}),
+    "smollm3": dict(vocab="llama-bpe", template="HuggingFaceTB-SmolLM3-3B.jinja", config={
+        "architectures": ["SmolLM3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": None, "eos_token_id": 128009, "hidden_act": "silu", "hidden_size": 64,
+        "initializer_range": 0.02, "intermediate_size": 128, "max_position_embeddings": 65536,
+        "max_window_layers": 2, "mlp_bias": False, "model_type": "smollm3", "no_rope_layer_interval": 4,
+        "no_rope_layers": [1, 1], "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+        "pad_token_id": 128004, "pretraining_tp": 2, "rms_norm_eps": 1e-06, "rope_scaling": None,
+        "rope_theta": 5000000.0, "sliding_window": None, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "use_cache": False, "use_sliding_window": False, "vocab_size": 128256}),
+    "mixtral": dict(vocab="llama-spm", config={
+        "architectures": ["MixtralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 32,
+        "max_position_embeddings": 32768, "model_type": "mixtral", "num_attention_heads": 4,
+        "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_key_value_heads": 2, "num_local_experts": 8,
+        "output_router_logits": False, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.02, "sliding_window": None, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 32000}),
+    "qwen3moe": dict(vocab="qwen2", template="Qwen-Qwen3-0.6B.jinja", config={
+        "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 32,
+        "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 96,
+        "max_position_embeddings": 40960, "max_window_layers": 2, "mlp_only_layers": [], "model_type": "qwen3_moe",
+        "moe_intermediate_size": 32, "norm_topk_prob": True, "num_attention_heads": 4, "num_experts": 8,
+        "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_key_value_heads": 2, "output_router_logits": False,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+        "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
+        "use_sliding_window": False, "vocab_size": 151936}),
+    "qwen2moe": dict(vocab="qwen2", template="Qwen-Qwen2.5-7B-Instruct.jinja", config={
+        "architectures": ["Qwen2MoeForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+        "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02,
+        "intermediate_size": 96, "max_position_embeddings": 8192, "max_window_layers": 2, "model_type": "qwen2_moe",
+        "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 4, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "use_cache": True, "use_sliding_window": False, "vocab_size": 151936, "decoder_sparse_step": 1,
+        "moe_intermediate_size": 32, "shared_expert_intermediate_size": 96, "num_experts_per_tok": 2,
+        "num_experts": 6, "norm_topk_prob": False, "output_router_logits": False, "router_aux_loss_coef": 0.001}),
+    "mistral3": dict(vocab="llama-bpe", template="Mistral-Small-3.2-24B-Instruct-2506.jinja", config={
+        "architectures": ["Mistral3ForConditionalGeneration"], "image_token_index": 10, "model_type": "mistral3",
+        "multimodal_projector_bias": False, "projector_hidden_act": "gelu", "spatial_merge_size": 2,
+        "text_config": {"attention_dropout": 0.0, "head_dim": 32, "hidden_act": "silu", "hidden_size": 64,
+                        "initializer_range": 0.02, "intermediate_size": 128, "max_position_embeddings": 131072,
+                        "model_type": "mistral", "num_attention_heads": 4, "num_hidden_layers": 2,
+                        "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_theta": 1000000000.0,
+                        "sliding_window": None, "use_cache": True, "vocab_size": 128256},
+        "torch_dtype": "bfloat16",
+        "vision_config": {"attention_dropout": 0.0, "head_dim": 16, "hidden_act": "gelu", "hidden_size": 32,
+                          "image_size": 28, "initializer_range": 0.02, "intermediate_size": 64, "model_type": "pixtral",
+                          "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 1, "patch_size": 14,
+                          "rope_theta": 10000.0},
+        "vision_feature_layer": -1}),
+    "gptoss": dict(vocab="llama-bpe", template="openai-gpt-oss-120b.jinja", config={
+        "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0,
+        "eos_token_id": 128009, "experts_per_token": 2, "head_dim": 32, "hidden_act": "silu", "hidden_size": 64,
+        "initial_context_length": 4096, "initializer_range": 0.02, "intermediate_size": 64,
+        "layer_types": ["sliding_attention", "full_attention"], "max_position_embeddings": 131072,
+        "model_type": "gpt_oss", "num_attention_heads": 4, "num_experts_per_tok": 2, "num_hidden_layers": 2,
+        "num_key_value_heads": 2, "num_local_experts": 4, "output_router_logits": False, "pad_token_id": 128004,
+        "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                           "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"},
+        "rms_norm_eps": 1e-05, "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+                                                "original_max_position_embeddings": 4096, "rope_type": "yarn",
+                                                "truncate": False},
+        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
+        "tie_word_embeddings": False, "use_cache": True, "vocab_size": 128256}),
+}
+
+
+def family_checkpoint(name: str, out: Path, dtype: str = "F32", shards: int = 1, seed: int = 0,
+                      mxfp4: bool = True) -> None:
+    """A tiny random checkpoint of one family, written by transformers, with the family's real
+    config.json layout and tokenizer files from a llama.cpp vocabulary."""
+    import torch
+    import transformers
+
+    spec = FAMILIES[name]
+    config_json = json.loads(json.dumps(spec["config"]))
+    load = {k: v for k, v in config_json.items() if k != "quantization_config"}
+    config = transformers.AutoConfig.for_model(**load)
+    arch = config_json["architectures"][0]
+    torch.manual_seed(seed)
+    model = getattr(transformers, arch)(config)
+    state = {}
+    gen = torch.Generator().manual_seed(seed)
+    for key, value in model.state_dict().items():
+        if key in state or not value.is_floating_point():
+            continue
+        if value.ndim == 1 and "norm" in key:
+            data = 0.1 * torch.randn(value.shape, generator=gen) + (0.0 if "gemma" in name else 1.0)
+        else:
+            data = torch.randn(value.shape, generator=gen) * (value.shape[-1] ** -0.5)
+        state[key] = data
+    torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
+    model.load_state_dict(state, strict=False)
+    model = model.to(torch_dtype)
+    out.mkdir(parents=True, exist_ok=True)
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    model.save_pretrained(out, max_shard_size=max(total // shards + 1, 1) if shards > 1 else "50GB")
+    for stale in ("generation_config.json",):
+        (out / stale).unlink(missing_ok=True)
+    config_json["torch_dtype"] = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[dtype]
+    if name == "gptoss" and mxfp4:
+        _gpt_oss_to_mxfp4(out, seed)
+    else:
+        config_json.pop("quantization_config", None)
+    _write_json(out / "config.json", config_json)
+
+    vr = GGUFReader(LLAMA_CPP / "models" / f"ggml-vocab-{spec['vocab']}.gguf")
+    kv = {n: f.contents() for n, f in vr.fields.items() if n.startswith("tokenizer.")}
+    if (template := spec.get("template")) is not None:
+        kv["tokenizer.chat_template"] = (LLAMA_CPP / "models" / "templates" / template).read_text(encoding="utf-8")
+    if kv["tokenizer.ggml.model"] != "llama":
+        write_bpe(out, kv)
+        return
+    # a SentencePiece vocabulary: pieces up to the first added token go to tokenizer.model, the added
+    # (control) tokens after them to tokenizer_config.json's added_tokens_decoder, as Phi-3 has them
+    types = [int(t) for t in kv["tokenizer.ggml.token_type"]]
+    n = next((i for i in range(len(types)) if i > 0 and types[i] == gguf.TokenType.CONTROL
+              and all(t != gguf.TokenType.NORMAL for t in types[i:])), len(types))
+    added = {str(i): {"content": kv["tokenizer.ggml.tokens"][i], "lstrip": False, "normalized": False,
+                      "rstrip": False, "single_word": False, "special": True}
+             for i in range(n, len(types)) if types[i] == gguf.TokenType.CONTROL}
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        kv[key] = kv[key][:n]
+    write_sentencepiece(out, kv)
+    if added:
+        config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config["added_tokens_decoder"] = added
+        for typ, key in (("eos", "eos"), ("pad", "padding")):
+            tid = kv.get(f"tokenizer.ggml.{key}_token_id")
+            if tid is not None and str(tid) in added:
+                config[f"{typ}_token"] = added[str(tid)]["content"]
+        _write_json(out / "tokenizer_config.json", config)
+
+
+def _gpt_oss_to_mxfp4(out: Path, seed: int) -> None:
+    """Replace gpt-oss's expert matrices by MXFP4 blocks and scales, as openai/gpt-oss-* ship them:
+    `*_blocks` (n_expert, rows, cols/32, 16) uint8 and `*_scales` (n_expert, rows, cols/32) uint8
+    (E8M0 exponents), the biases kept in the model's dtype."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    files = sorted(out.glob("model*.safetensors"))
+    tensors = {}
+    for f in files:
+        tensors.update(load_file(str(f)))
+        f.unlink()
+    (out / "model.safetensors.index.json").unlink(missing_ok=True)
+    result = {}
+    for key, value in tensors.items():
+        if key.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            # transformers keeps (n_expert, in, out); the MXFP4 blocks are (n_expert, out, in/32, 16)
+            n_expert, cols, rows = value.shape
+            result[key + "_blocks"] = torch.randint(0, 256, (n_expert, rows, cols // 32, 16), generator=gen, dtype=torch.uint8)
+            result[key + "_scales"] = torch.randint(120, 130, (n_expert, rows, cols // 32), generator=gen, dtype=torch.uint8)
+        else:
+            result[key] = value.contiguous()
+    save_file(result, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
 LARGE = dict(n_embd=1024, n_ff=2816, n_layer=18, n_head=16, n_head_kv=8, dtype="BF16", shards=4)
 
 
@@ -416,7 +652,19 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--chat-template", help="a chat template to put in the vocabulary")
     s.add_argument("--large", action="store_true", help=f"preset for >= 500 MB of weights: {LARGE}")
+    fm = sub.add_parser("family", help="a tiny random checkpoint of one model family, written by transformers "
+                                       "(needs torch and transformers, e.g. /work/torchenv/bin/python)")
+    fm.add_argument("family", choices=sorted(FAMILIES))
+    fm.add_argument("out", type=Path)
+    fm.add_argument("--dtype", choices=["F32", "F16", "BF16"], default="F32")
+    fm.add_argument("--shards", type=int, default=1)
+    fm.add_argument("--seed", type=int, default=0)
+    fm.add_argument("--no-mxfp4", action="store_true", help="gpt-oss: keep the experts unquantized")
     args = ap.parse_args(argv)
+    if args.cmd == "family":
+        family_checkpoint(args.family, args.out, args.dtype, args.shards, args.seed, mxfp4=not args.no_mxfp4)
+        print(f"wrote {args.out}")
+        return
     if args.cmd == "from-gguf":
         gguf_to_hf(args.gguf, args.out, args.dtype, args.shards)
         print(f"wrote {args.out}")

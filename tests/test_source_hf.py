@@ -418,7 +418,9 @@ def test_error_config_not_an_object(folder):
 def test_error_unsupported_architecture_lists_supported(folder):
     _edit_json(folder / "config.json", architectures=["GPTNeoXForCausalLM"])
     msg = error_of(folder)
-    assert "architecture GPTNeoXForCausalLM is not supported; supported: LLaMAForCausalLM, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM" in msg
+    assert "architecture GPTNeoXForCausalLM is not supported; supported: Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, " in msg
+    assert "GraniteForCausalLM, LLaMAForCausalLM, LlamaForCausalLM, Mistral3ForConditionalGeneration, " in msg
+    assert msg.endswith("for others, run llama.cpp's convert_hf_to_gguf.py, then pyquantize convert on its GGUF")
 
 
 def test_error_no_architectures(folder):

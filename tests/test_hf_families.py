@@ -41,7 +41,7 @@ TORCH_PYTHON = Path(os.environ.get("PYQUANTIZE_TORCH_PYTHON", "/work/torchenv/bi
 FAMILIES = ["qwen3", "gemma2", "gemma3", "gemma3mm", "phi3", "granite", "olmo2", "smollm3", "mixtral",
             "qwen3moe", "qwen2moe", "mistral3", "gptoss"]
 
-# the quick part of the tier (not slow): one dense, one Gemma, one MoE family at the source level
+# the quicker part of the tier: one dense, one Gemma, one MoE family at the source level (`-m reference -k`)
 QUICK = {"qwen3", "gemma3", "mixtral"}
 
 
@@ -49,7 +49,9 @@ def _families(quick: set[str] = QUICK) -> list:
     return [f if f in quick else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
 
 
-pytestmark = pytest.mark.reference
+# every case builds a checkpoint with torch and runs convert_hf_to_gguf.py, then reads both files with
+# gguf's reader (minutes on Gemma's 262k vocabulary): the whole tier is slow, run by hand or by `make test-all`
+pytestmark = [pytest.mark.reference, pytest.mark.slow]
 
 
 @lru_cache(maxsize=1)

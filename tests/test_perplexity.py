@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from quantize_cli.cli import app
-from quantize_cli.eval import basefile, logprobs, stats
+from quantize_cli.eval import basefile, stats
+from quantize_cli.runtime import logprobs
 from quantize_cli.eval.errors import EvalError
 from quantize_cli.eval.perplexity import PerplexityOptions, evaluate
 

@@ -229,13 +229,11 @@ def test_damaged_cache_is_measured_again(tmp_path, imatrix):
 
 @pytest.mark.reference
 def test_llama_perplexity_measures_a_target_file_as_we_do(tmp_path, imatrix):
-    """llama-perplexity --kl-divergence loads a mixed file and finds the KLD our forward pass
-    finds (its activations are rounded to 8 bits for quantized products: within 10 %), and our
-    mix beats llama.cpp's Q4_K_M of the same size."""
+    """llama-perplexity --kl-divergence loads a mixed file and finds the KLD `pyquantize compare`
+    finds (within 10 %), and our mix beats llama.cpp's Q4_K_M of the same size."""
     import os
     import re
     import subprocess
-    import sys
 
     exe = Path(os.environ.get("LLAMA_CPP_BIN", "/work/ref/build/bin")) / "llama-perplexity"
     if not exe.exists():
@@ -262,10 +260,10 @@ def test_llama_perplexity_measures_a_target_file_as_we_do(tmp_path, imatrix):
                 return float(m.group(1))
         raise AssertionError(f"no 'Mean KLD' in llama-perplexity's output:\n{(run.stdout + run.stderr)[-2000:]}")
 
-    out = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "target_eval.py"), str(STORIES),
-                          str(text), str(ours), "--chunks", "6", "--ctx", "128"], check=True, capture_output=True,
-                         text=True).stdout
-    our_kld = float(re.search(r"\| ours\.gguf \|[^|]+\|[^|]+\|[^|]+\| ([0-9.]+)", out).group(1))
+    result = runner.invoke(app, ["compare", str(STORIES), str(ours), "-f", str(text), "-c", "128", "--chunks", "6",
+                                 "-t", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    our_kld = json.loads(result.stdout[result.stdout.index("{"):])["candidates"][0]["kld_mean"]
     ours_in_llama = llama_kld(ours)
     assert ours_in_llama == pytest.approx(our_kld, rel=0.1)
     assert ours_in_llama < llama_kld(theirs)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EvalError
-from .logprobs import row_width
+from ..runtime.logprobs import row_width
 
 MAGIC = b"_logits_"
 HEADER = 8 + 3 * 4

@@ -26,7 +26,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from . import logprobs
+from ..runtime import logprobs
 from .basefile import BaseFile, BaseWriter, read_base, scored_per_chunk
 from .errors import EvalError
 from .stats import KldAccumulator

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .logprobs import KldRows
+from ..runtime.logprobs import KldRows
 
 f32 = np.float32
 

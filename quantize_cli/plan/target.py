@@ -288,10 +288,11 @@ def target_plan(source: Source, base: Plan, options: QuantizeOptions, imatrix_en
         if model_path is None:
             raise PlanError("--search-text needs a GGUF input to run the forward pass; convert the checkpoint to F16 GGUF first")
         text_key = hashlib.blake2b(Path(target.text).read_bytes(), digest_size=16).hexdigest() if Path(target.text).is_file() else str(target.text)
-        sens_key = _key("sensitivity", source_key, imatrix_key, text_key, target.chunks, target.ctx, mapping)
+        from .target_sensitivity import METHOD, calibrate
+
+        sens_key = _key("sensitivity", source_key, imatrix_key, text_key, target.chunks, target.ctx, mapping, METHOD)
         calibration = cache.load("sensitivity", sens_key)
         if calibration is None:
-            from .target_sensitivity import calibrate
 
             say(f"calibrating sensitivities on {target.chunks} x {target.ctx} tokens of {target.text}")
             cal = calibrate(Path(model_path), Path(target.text), [(f.tp.ref.name, f.tp.ref) for f in free],

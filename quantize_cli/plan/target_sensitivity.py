@@ -12,11 +12,12 @@ outside the layers (token_embd, output) are measured alone. Cost: n_layer + n_ca
 forward passes of `chunks` x `ctx` tokens.
 
 The forward pass is the runtime's Model.forward on the input GGUF, with chosen weights replaced by
-their quantized -> dequantized values (`_SwappedModel`). The KL divergence is computed here
-(`mean_kld`), not by eval/: SEAM - switch to quantize_cli.eval's KLD once it is on main; the
-numbers are the same definition (mean over tokens of sum_v p log(p / q)).
+their quantized -> dequantized values (`_SwappedModel`). The KL divergence is runtime/logprobs.py's,
+the arithmetic `perplexity --kl-divergence` and `compare` use (and llama-perplexity's): the base
+logits of each chunk packed once as a base file's rows, every perturbed pass measured against them,
+mean over every token of the chunk that has a next token.
 
-This is the one place plan/ reaches runtime/ (Model, tokenizer), imported lazily inside
+This is the one place plan/ reaches runtime/ (Model, tokenizer, logprobs), imported lazily inside
 calibrate(): the search needs the forward pass, a plain plan never loads it.
 
 The BLAS runs on one thread while calibrating, so the sensitivities (and the chosen mix) do not
@@ -37,6 +38,9 @@ from ..errors import PlanError
 from .target_measure import quantized_tensor
 
 REFERENCE_TYPE = T.Q4_0
+# part of the search cache's key: sensitivities measured another way are measured again
+# (1: float64 log-softmax of every row; 2: runtime/logprobs.py's packed base rows, llama-perplexity's KLD)
+METHOD = 2
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 FIT_ROUNDS = 50
 
@@ -47,19 +51,6 @@ class Calibration:
     base_error: dict[str, float]   # E(t, REFERENCE_TYPE) over the whole tensor
     group_kld: dict[str, float]    # measured KLD per group ("blk.3", "attn_q.weight", "token_embd.weight")
     n_tokens: int
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def mean_kld(base_logp: np.ndarray, logits: np.ndarray) -> float:
-    """Mean over tokens of KL(base || new) of the next-token distributions, in nats."""
-    logq = log_softmax(logits)
-    p = np.exp(base_logp)
-    return float((p * (base_logp - logq)).sum(axis=-1).mean())
 
 
 def calibration_tokens(model_path: Path, text_path: Path, chunks: int, ctx: int) -> list[np.ndarray]:
@@ -108,18 +99,20 @@ def calibrate(model_path: Path, text_path: Path, tensors: list, imatrix_of: Call
               on_step: Callable[[str], None] | None = None) -> Calibration:
     """tensors: (source name, TensorRef) of every tensor the search chooses a type for;
     imatrix_of(name) gives its imatrix values or None."""
-    from ..runtime import model as runtime
+    from ..runtime import logprobs, model as runtime
 
     runtime.set_threads(1)
     model = _open_model(model_path)
     try:
         token_chunks = calibration_tokens(model_path, text_path, chunks, ctx)
-        base = [log_softmax(model.forward(c)) for c in token_chunks]
+        # row i of a chunk's logits predicts token i + 1: every row but the last is scored
+        base = [logprobs.pack(model.forward(c)[:-1], c[1:])[0] for c in token_chunks]
 
         def kld_with(swaps: dict[str, np.ndarray]) -> float:
             model.swapped = swaps
             try:
-                return float(np.mean([mean_kld(b, model.forward(c)) for b, c in zip(base, token_chunks)]))
+                return float(np.mean([logprobs.kld(model.forward(c)[:-1], b, c[1:]).kld.mean()
+                                      for b, c in zip(base, token_chunks)]))
             finally:
                 model.swapped = {}
 

@@ -4,6 +4,10 @@ vectorized over the rows of one chunk's logits.
 Each function mirrors one of the C's `log_softmax` overloads: the maximum and differences in
 float32, exp in float32 (expf), the normalizer summed in double and its log cast back to float
 where the C declares a float. Rows go in blocks, so a 150k vocabulary costs tens of MB, not GB.
+
+It sits in runtime/, below both of its users: eval/ (perplexity, compare) and the target search's
+sensitivities (plan/target_sensitivity.py), so the KL divergence the search calibrates on is the
+one `compare` and llama-perplexity report.
 """
 
 from __future__ import annotations

@@ -40,10 +40,11 @@ bench-e2e:
 bench-perplexity:
 	$(BIN)/python scripts/bench_perplexity.py --compare --json bench-out/perplexity.json
 
-# target mode (issue 16): a whole search with an empty cache, and a second target from the cache,
-# against a plain convert (stories260K by default; see the script for a real model)
+# target mode (issue 16): a whole search with an empty cache (wall and CPU), and a second target
+# from the cache alternated with a plain Q4_K_M convert (ratios from the same run). stories260K by
+# default; a real model: make bench-target TARGET_BENCH="--model M.gguf --imatrix I.gguf --text T.txt --first 4.5 --second 5"
 bench-target:
-	$(BIN)/python scripts/bench_target.py --json bench-out/target.json
+	$(BIN)/python scripts/bench_target.py $(TARGET_BENCH) --json bench-out/target.json
 
 # imatrix tokens/s against llama-imatrix on a Mixtral-style MoE of 101 M expert weights (minutes)
 bench-imatrix-moe:

@@ -50,6 +50,7 @@ MODELS = {
     "gemma4-moe": ("gemma4", "ggml-vocab-llama-spm.gguf"),
     "glm4moe": ("glm4moe", "ggml-vocab-qwen2.gguf"),
     "llama4": ("llama4", "ggml-vocab-llama-bpe.gguf"),
+    "deepseek2": ("deepseek2", "ggml-vocab-deepseek-coder.gguf"),
     "gpt-oss-mxfp4": ("gpt-oss", "ggml-vocab-gpt-2.gguf"),
     # for scripts/bench_imatrix.py, not the tests: Mixtral-style, n_embd 512, 8 layers of 8 experts
     # (top 2) of n_ff 1024: 101 M expert weights
@@ -368,6 +369,8 @@ def build(name: str, out: Path, vocab_dir: Path = VOCAB_DIR, seed: int = 0, voca
         _glm4moe(b)
     elif name == "llama4":
         _llama4(b)
+    elif name == "deepseek2":
+        _deepseek2(b)
     else:
         raise KeyError(name)
     b.close()
@@ -523,6 +526,45 @@ def _llama4(b: Builder) -> None:
             b.ffn(il, n_ff_exp, "_shexp")
         else:
             b.ffn(il)
+
+
+def _deepseek2(b: Builder) -> None:
+    """DeepSeek V3's layout (MLA as convert_hf_to_gguf.py writes it), scaled down: 3 layers, the first
+    dense; Q through q_lora_rank 48, one latent KV head of kv_lora_rank 32 + 16 RoPE dims (key_length
+    48, value_length 32; per head 24 + 16 for Q/K and 24 for V: key/value_length_mla); per-head
+    attn_k_b / attn_v_b; YaRN (factor 40 over 64 positions, mscale_all_dim 1); 8 experts (top 2),
+    sigmoid router with exp_probs_b, normalised weights scaled by 2.5, one shared expert."""
+    n_layer, n_expert, n_ff_exp, q_lora, kv_lora, rope, nope, v_dim = 3, 8, 32, 48, 32, 16, 24, 24
+    b.kv(context_length=163840, embedding_length=N_EMBD, block_count=n_layer, feed_forward_length=N_FF,
+         vocab_size=b.n_vocab, leading_dense_block_count=1, expert_count=n_expert, expert_used_count=2,
+         expert_feed_forward_length=n_ff_exp, expert_shared_count=1, expert_weights_scale=2.5,
+         expert_weights_norm=True, expert_gating_func=2,
+         **{"attention.head_count": N_HEAD, "attention.head_count_kv": 1, "attention.layer_norm_rms_epsilon": 1e-6,
+            "attention.key_length": kv_lora + rope, "attention.value_length": kv_lora,
+            "attention.key_length_mla": nope + rope, "attention.value_length_mla": v_dim,
+            "attention.q_lora_rank": q_lora, "attention.kv_lora_rank": kv_lora,
+            "rope.dimension_count": rope, "rope.freq_base": 10000.0, "rope.scaling.type": "yarn",
+            "rope.scaling.factor": 40.0, "rope.scaling.original_context_length": 64,
+            "rope.scaling.yarn_log_multiplier": 0.1})
+    b.embeddings(tied=False)
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        b.norm(p + "attn_norm.weight")
+        b.t(p + "attn_q_a.weight", b.mat(q_lora, N_EMBD))
+        b.t(p + "attn_q_a_norm.weight", b.vec(q_lora))
+        b.t(p + "attn_q_b.weight", b.mat(N_HEAD * (nope + rope), q_lora, scale=2.0))
+        b.t(p + "attn_kv_a_mqa.weight", b.mat(kv_lora + rope, N_EMBD, scale=2.0))
+        b.t(p + "attn_kv_a_norm.weight", b.vec(kv_lora))
+        b.t(p + "attn_k_b.weight", b.mat(N_HEAD, kv_lora, nope))
+        b.t(p + "attn_v_b.weight", b.mat(N_HEAD, v_dim, kv_lora))
+        b.t(p + "attn_output.weight", b.mat(N_EMBD, N_HEAD * v_dim))
+        b.norm(p + "ffn_norm.weight")
+        if il == 0:
+            b.ffn(il)
+            continue
+        b.experts(il, n_expert, n_ff_exp)
+        b.t(p + "exp_probs_b.bias", b.vec(n_expert, 0.0, 0.5))
+        b.ffn(il, n_ff_exp, "_shexp")
 
 
 def _build_moe_bench(out: Path, vocab: Path, seed: int, n_embd: int = 512, n_layer: int = 8, n_expert: int = 8,

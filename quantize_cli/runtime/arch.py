@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
+import numpy as np
+
 from ..errors import SourceError
 from .blocks import ROPE_NEOX, ROPE_NORM
 
@@ -61,6 +63,7 @@ class Arch:
     sinks: bool = False               # attention sinks (blk.N.attn_sinks), gpt-oss
     qk_norm_optional: bool = False    # Q/K norms used where the tensors exist (glm4moe: GLM-4.5 355B has them)
     v_norm: bool = False              # V normed per head without a weight (gemma4)
+    attn: str = "gqa"                 # gqa | mla (deepseek2: latent KV, absorbed per-head wk_b / wv_b)
     keys: tuple = ()                  # (Config field, key suffix, default): hyperparameters beyond the common ones
     setup: Optional[Callable] = None  # hparam rules that are code in llama.cpp (gemma2/3 attention scale)
 
@@ -127,6 +130,29 @@ def _llama4_setup(cfg: "Config") -> None:
         cfg.no_rope_step = 4
     cfg.use_kq_norm = cfg.n_expert != 128  # llama.cpp: all but the 17B-128E (Maverick)
     cfg.n_expert_shared = 1  # every MoE layer has ffn_*_shexp of n_ff_exp
+
+
+def _deepseek2_setup(cfg: "Config") -> None:
+    if cfg.head_dim_k_mla == 0 or cfg.head_dim_v_mla == 0:
+        raise ModelError("deepseek2 models without MLA (key_length_mla / value_length_mla, an old wkv_b file) "
+                         "are not supported; reconvert with a current convert_hf_to_gguf.py")
+    if cfg.gating_func == 0:  # NONE: DeepSeek V2/V2.5 files; GLM 4.7 Lite's are sigmoid
+        cfg.gating_func = 2 if cfg.n_layer in (47, 48) and cfg.n_vocab == 154880 else 1
+    _moe_keys_setup(cfg)
+    n_rot, nope = cfg.n_rot, cfg.head_dim_k_mla - cfg.n_rot
+    if nope < 1 or cfg.head_dim != cfg.n_lora_kv + n_rot or cfg.head_dim_v != cfg.n_lora_kv:
+        raise ModelError("deepseek2: key_length must be kv_lora_rank + rope dims and value_length kv_lora_rank "
+                         "(MLA as convert_hf_to_gguf.py writes it)")
+    f32 = lambda v: float(np.float32(v))  # noqa: E731
+    if cfg.yarn_log_mul:  # [TAG_DEEPSEEK2_YARN_LOG_MUL_FIX]: the converter wrote 0.1 * mscale_all_dim
+        cfg.yarn_log_mul = f32(np.float32(cfg.yarn_log_mul) / np.float32(0.1))
+        if cfg.rope_scaling == "yarn":  # llama_context: mscale = mscale_all_dim, so the factor is 1
+            cfg.attn_factor = f32(1.0 / (1.0 + 0.1 * math.log(1.0 / cfg.rope_freq_scale))) * cfg.rope_attn_factor
+    # deepseek2.cpp: the original attn_factor, then mscale^2 / sqrt(head size) as the KQ scale
+    ln = math.log(1.0 / cfg.rope_freq_scale)
+    attn_org = f32(cfg.attn_factor * f32(1.0 + 0.1 * ln))
+    mscale = f32(attn_org * f32(1.0 + 0.1 * cfg.yarn_log_mul * ln))
+    cfg.attn_scale = f32(mscale * mscale / math.sqrt(cfg.head_dim_k_mla))
 
 
 _SOFTCAPS = (("attn_softcap", "attn_logit_softcapping", 50.0), ("final_softcap", "final_logit_softcapping", 30.0))
@@ -198,6 +224,24 @@ ARCHITECTURES: dict[str, Arch] = {
                          ("moe_step", "interleave_moe_layer_step", None),
                          ("n_swa", "attention.sliding_window", -1),
                          ("expert_weights_scale", "expert_weights_scale", 0.0))),
+    # DeepSeek V2/V3 (src/models/deepseek2.cpp), MLA files: Q through a low-rank norm (q_lora_rank),
+    # one latent KV head of kv_lora_rank + RoPE dims, per-head wk_b absorbed into Q and wv_b
+    # decompressing the attention output; leading dense layers, routed + shared experts
+    "deepseek2": Arch(ROPE_NORM, "DeepSeek V2/V2.5/V3/R1, Kimi K2 (MLA)", attn="mla", setup=_deepseek2_setup,
+                      moe=Moe("softmax", norm_w=False, shared="plain"),
+                      keys=(("n_ff_exp", "expert_feed_forward_length", None),
+                            ("n_expert_shared", "expert_shared_count", None),
+                            ("n_dense_lead", "leading_dense_block_count", 0),
+                            ("expert_weights_scale", "expert_weights_scale", 0.0),
+                            ("expert_weights_norm", "expert_weights_norm", False),
+                            ("gating_func", "expert_gating_func", 0),
+                            ("n_lora_q", "attention.q_lora_rank", 0),
+                            ("n_lora_kv", "attention.kv_lora_rank", None),
+                            ("head_dim_k_mla", "attention.key_length_mla", 0),
+                            ("head_dim_v_mla", "attention.value_length_mla", 0),
+                            ("yarn_log_mul", "rope.scaling.yarn_log_multiplier", 0.0),
+                            ("beta_fast", "rope.scaling.yarn_beta_fast", 32.0),
+                            ("beta_slow", "rope.scaling.yarn_beta_slow", 1.0))),
     # llama.cpp's LLM_ARCH_OPENAI_MOE (src/models/openai-moe.cpp), "gpt-oss" in GGUF files
     "gpt-oss": Arch(ROPE_NEOX, "gpt-oss 20B/120B", ffn_norm="post_attention_norm", swa=2, swa_needs_key=False,
                     sinks=True, moe=Moe("softmax_weight", norm_w=False, act="swiglu_oai"),
@@ -270,6 +314,10 @@ class Config:
     expert_weights_scale: float = 0.0
     expert_weights_norm: bool = False
     gating_func: int = 0
+    n_lora_q: int = 0                # deepseek2 MLA: Q's low rank (0: a plain wq)
+    n_lora_kv: int = 0               # the latent KV width
+    head_dim_k_mla: int = 0          # per-head Q/K size (nope + rope) and V size after decompression
+    head_dim_v_mla: int = 0
 
     def is_moe(self, il: int) -> bool:
         return (self.moe is not None and il >= self.n_dense_lead and self.moe_step > 0
@@ -363,7 +411,7 @@ def read_config(meta: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> Config
     )
     if arch_name == "llama" and cfg.n_rot != head_dim:
         raise ModelError(f"invalid n_rot: {cfg.n_rot}, expected {head_dim}")
-    if head_dim_v != head_dim:
+    if head_dim_v != head_dim and arch.attn != "mla":
         raise ModelError("models whose value head size differs from the key head size are not supported")
     # head size and n_rot of SWA layers (llama_model_base::load_hparams, every architecture)
     cfg.head_dim_swa = int(key("attention.key_length_swa", head_dim, required=False))

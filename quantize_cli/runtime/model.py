@@ -216,7 +216,10 @@ class Model:
             own_kv = cfg.kv_source(il) == il
             if arch.qk_norm in ("head", "full") and not arch.qk_norm_optional:
                 need += ["attn_q_norm"] + (["attn_k_norm"] if own_kv else [])
-            if p + "attn_qkv.weight" not in self.tensors:
+            if arch.attn == "mla":
+                need += (["attn_q_a", "attn_q_a_norm", "attn_q_b"] if cfg.n_lora_q else ["attn_q"])
+                need += ["attn_kv_a_mqa", "attn_kv_a_norm", "attn_k_b", "attn_v_b"]
+            elif p + "attn_qkv.weight" not in self.tensors:
                 # gemma4: layers sharing an earlier layer's KV have no K/V; a missing attn_v means V = K
                 need += ["attn_q"] + (["attn_k"] if own_kv else []) + (["attn_v"] if own_kv and not arch.v_norm else [])
             if cfg.n_embd_per_layer:
@@ -389,8 +392,47 @@ class Model:
             tables["temp"] = scale.astype(np.float32)[:, None, None]
         return tables
 
+    def _mla_attention(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
+        """deepseek2's MLA as llama.cpp runs it (absorbed): Q's no-RoPE part goes through each head's
+        wk_b into the latent space, attention is MQA over the normed latent KV (plus the shared RoPE
+        key), each head's output is decompressed by its wv_b. wk_b / wv_b are 3-D (one matrix per
+        head): llama-imatrix sums their inputs per head under one count."""
+        cfg = self.cfg
+        p = f"blk.{il}."
+        T, n_head, n_rot, r = x.shape[0], cfg.n_head, cfg.n_rot, cfg.n_lora_kv
+        nope = cfg.head_dim_k_mla - n_rot
+        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
+        if cfg.n_lora_q:
+            q = rms_norm(self._matmul(h, p + "attn_q_a", observe), self.weight(p + "attn_q_a_norm.weight"), cfg.rms_eps)
+            q = self._matmul(q, p + "attn_q_b", observe)
+        else:
+            q = self._matmul(h, p + "attn_q", observe)
+        q = q.reshape(T, n_head, cfg.head_dim_k_mla)
+        kv = self._matmul(h, p + "attn_kv_a_mqa", observe)  # (T, r + n_rot)
+        cos, sin = ropes["full"]
+        k_pe = apply_rope(kv[:, None, r:], cos, sin, n_rot, cfg.rope_type)  # (T, 1, n_rot)
+        kv_cmpr = rms_norm(kv[:, :r], self.weight(p + "attn_kv_a_norm.weight"), cfg.rms_eps)  # (T, r)
+        q_pe = apply_rope(np.ascontiguousarray(q[:, :, nope:]), cos, sin, n_rot, cfg.rope_type)
+        q_nope = np.ascontiguousarray(q[:, :, :nope].transpose(1, 0, 2))  # (n_head, T, nope)
+        if observe is not None:  # one wide row per token: head h's input at columns h*nope..
+            observe(p + "attn_k_b", np.ascontiguousarray(q_nope.transpose(1, 0, 2)).reshape(T, n_head * nope))
+        q_abs = np.stack([q_nope[hh] @ self.weight(p + "attn_k_b.weight", hh).T for hh in range(n_head)], axis=1)
+        qc = np.concatenate([q_abs, q_pe], axis=2)  # (T, n_head, r + n_rot)
+        kc = np.concatenate([kv_cmpr[:, None, :], k_pe], axis=2)  # (T, 1, r + n_rot)
+        if "temp" in ropes:
+            qc = qc * ropes["temp"]
+        qc = qc * np.float32(cfg.kq_scale)
+        lat = attention(qc, kc, kv_cmpr[:, None, :], BLAS).reshape(T, n_head, r)
+        lat = np.ascontiguousarray(lat.transpose(1, 0, 2))  # (n_head, T, r)
+        if observe is not None:
+            observe(p + "attn_v_b", np.ascontiguousarray(lat.transpose(1, 0, 2)).reshape(T, n_head * r))
+        out = np.stack([lat[hh] @ self.weight(p + "attn_v_b.weight", hh).T for hh in range(n_head)], axis=1)
+        return self._matmul(out.reshape(T, n_head * cfg.head_dim_v_mla), p + "attn_output", observe)
+
     def _attention_block(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
         cfg, arch = self.cfg, self.arch
+        if arch.attn == "mla":
+            return self._mla_attention(x, il, ropes, observe)
         p = f"blk.{il}."
         T = x.shape[0]
         n_head, n_kv, hd, n_rot = cfg.layer_heads(il)

@@ -231,3 +231,25 @@ def test_route_selection_bias_and_logit_choice():
     np.testing.assert_allclose(w, [[1 / (1 + np.exp(1.0))]], rtol=1e-6)
     sel, w = blocks.route(logits, 2, "sigmoid", True, 2.5)
     assert sel.tolist() == [[1, 2]] and abs(float(w.sum()) - 2.5) < 1e-6
+
+
+def test_llama4_chunks_and_temperature_from_8192(small_models):
+    """llama4's fixed chunk (8192) and attention temperature (log(floor((pos + 1) / 8192) + 1) * 0.1 + 1,
+    NoPE layers only): beyond the test contexts, so checked here on the config and the table."""
+    m = Model(small_models["llama4"])
+    cfg = m.cfg
+    assert cfg.swa_layers == [True, True, True, False] and cfg.n_swa == 8192 and cfg.no_rope_step == 4
+    assert [cfg.is_moe(il) for il in range(4)] == [False, True, False, True]
+    m.n_ctx = None
+    temp = m._rope_tables(8194)["temp"][:, 0, 0]
+    assert (temp[:8191] == 1.0).all()
+    np.testing.assert_allclose(temp[8191:], 1 + 0.1 * np.log(2.0), rtol=1e-6)
+
+
+def test_deepseek2_without_mla_is_refused(small_models):
+    from quantize_cli.runtime.arch import read_config
+
+    m = Model(small_models["deepseek2"])
+    meta = {k: v for k, v in m.meta.items() if "length_mla" not in k}
+    with pytest.raises(ModelError, match="without MLA"):
+        read_config(meta, {n: t.ne for n, t in m.tensors.items()})

@@ -28,7 +28,7 @@ TEXT = ROOT / "tests" / "data" / "calibration-en.txt"
 N_TOKENS = 96
 ROWS = np.array([0, 1, 39, 40, 63, 64, 80, 95])  # around the sliding window (40) and the temperature step (64)
 COLS = 512  # the first 512 logits of a row (all of them but phi3's)
-MOE = ("mixtral", "qwen2moe", "qwen3moe", "gpt-oss", "gemma4-moe", "glm4moe", "llama4", "deepseek2")
+MOE = ("mixtral", "qwen2moe", "qwen3moe", "gpt-oss", "gemma4-moe", "glm4moe", "llama4", "deepseek2", "qwen35moe")
 N_CTX, N_CHUNKS = 128, 2
 
 

@@ -51,6 +51,8 @@ MODELS = {
     "glm4moe": ("glm4moe", "ggml-vocab-qwen2.gguf"),
     "llama4": ("llama4", "ggml-vocab-llama-bpe.gguf"),
     "deepseek2": ("deepseek2", "ggml-vocab-deepseek-coder.gguf"),
+    "qwen35": ("qwen35", "ggml-vocab-qwen2.gguf"),
+    "qwen35moe": ("qwen35moe", "ggml-vocab-qwen2.gguf"),
     "gpt-oss-mxfp4": ("gpt-oss", "ggml-vocab-gpt-2.gguf"),
     # for scripts/bench_imatrix.py, not the tests: Mixtral-style, n_embd 512, 8 layers of 8 experts
     # (top 2) of n_ff 1024: 101 M expert weights
@@ -371,6 +373,8 @@ def build(name: str, out: Path, vocab_dir: Path = VOCAB_DIR, seed: int = 0, voca
         _llama4(b)
     elif name == "deepseek2":
         _deepseek2(b)
+    elif name in ("qwen35", "qwen35moe"):
+        _qwen35(b, moe=name == "qwen35moe")
     else:
         raise KeyError(name)
     b.close()
@@ -565,6 +569,52 @@ def _deepseek2(b: Builder) -> None:
         b.experts(il, n_expert, n_ff_exp)
         b.t(p + "exp_probs_b.bias", b.vec(n_expert, 0.0, 0.5))
         b.ffn(il, n_ff_exp, "_shexp")
+
+
+def _qwen35(b: Builder, moe: bool = False) -> None:
+    """Qwen 3.5's layout, scaled down: 4 layers, 3 gated delta-net and the 4th full attention
+    (full_attention_interval 4); full attention: 4 heads of 32 (Q projection doubled for the
+    output gate), 2 KV heads, Q/K norms, half the head dims rotated with text M-RoPE sections
+    [3, 3, 2, 0]; delta-net: 2 key heads and 4 value heads of 16 (value heads share key heads
+    modulo 2), conv kernel 4. qwen35moe: every FFN 8 experts (top 2) of 32 and a shared expert of
+    64 gated by sigmoid(x . ffn_gate_inp_shexp)."""
+    n_layer, hd, dk, n_k, n_v, d_conv = 4, 32, 16, 2, 4, 4
+    d_inner = n_v * dk
+    b.common(n_layer, head_dim=hd, key_length=True, rope_dims=False, ctx=262144)
+    b.kv(full_attention_interval=4, **{"rope.dimension_count": 16, "rope.freq_base": 1e7,
+                                       "ssm.conv_kernel": d_conv, "ssm.inner_size": d_inner, "ssm.state_size": dk,
+                                       "ssm.time_step_rank": n_v, "ssm.group_count": n_k})
+    b.w.add_array(f"{b.arch}.rope.dimension_sections", [3, 3, 2, 0])
+    if moe:
+        b.kv(expert_count=8, expert_used_count=2, expert_feed_forward_length=32, expert_shared_feed_forward_length=64)
+    b.embeddings(tied=True)
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        b.norm(p + "attn_norm.weight")
+        if (il + 1) % 4:
+            conv_dim = 2 * n_k * dk + d_inner
+            b.t(p + "attn_qkv.weight", b.mat(conv_dim, N_EMBD, scale=2.0))
+            b.t(p + "attn_gate.weight", b.mat(d_inner, N_EMBD))
+            b.t(p + "ssm_conv1d.weight", b.mat(conv_dim, d_conv, scale=1.5))
+            b.t(p + "ssm_dt.bias", b.vec(n_v, 0.0, 1.0))
+            b.t(p + "ssm_a", -np.exp(b.rng.uniform(0.0, 2.5, n_v)).astype(np.float32))
+            b.t(p + "ssm_beta.weight", b.mat(n_v, N_EMBD, scale=2.0))
+            b.t(p + "ssm_alpha.weight", b.mat(n_v, N_EMBD, scale=2.0))
+            b.t(p + "ssm_norm.weight", b.vec(dk))
+            b.t(p + "ssm_out.weight", b.mat(N_EMBD, d_inner))
+        else:
+            b.t(p + "attn_q.weight", b.mat(2 * N_HEAD * hd, N_EMBD, scale=2.0))
+            b.t(p + "attn_k.weight", b.mat(N_KV * hd, N_EMBD, scale=2.0))
+            b.t(p + "attn_v.weight", b.mat(N_KV * hd, N_EMBD))
+            b.qk_norm(il)
+            b.t(p + "attn_output.weight", b.mat(N_EMBD, N_HEAD * hd))
+        b.norm(p + "post_attention_norm.weight")
+        if moe:
+            b.experts(il, 8, 32)
+            b.t(p + "ffn_gate_inp_shexp.weight", b.mat(N_EMBD, scale=2.0))
+            b.ffn(il, 64, "_shexp")
+        else:
+            b.ffn(il)
 
 
 def _build_moe_bench(out: Path, vocab: Path, seed: int, n_embd: int = 512, n_layer: int = 8, n_expert: int = 8,

@@ -36,7 +36,8 @@ class Moe:
     shared: str = ""          # "": none; "gated": qwen2moe's sigmoid-gated shared expert;
                               # "gemma4": a dense GeGLU FFN beside the experts, each with its own norms,
                               # the router on the unweighted-normed input times ffn_gate_inp.scale;
-                              # "plain": shared experts (ffn_*_shexp) added ungated (glm4moe)
+                              # "plain": shared experts (ffn_*_shexp) added ungated (glm4moe);
+                              # "sigmoid": a shared expert, where present, times sigmoid(x . w) (qwen35moe)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class Arch:
     sinks: bool = False               # attention sinks (blk.N.attn_sinks), gpt-oss
     qk_norm_optional: bool = False    # Q/K norms used where the tensors exist (glm4moe: GLM-4.5 355B has them)
     v_norm: bool = False              # V normed per head without a weight (gemma4)
-    attn: str = "gqa"                 # gqa | mla (deepseek2: latent KV, absorbed per-head wk_b / wv_b)
+    attn: str = "gqa"                 # gqa | mla (deepseek2: latent KV, absorbed per-head wk_b / wv_b) |
+                                      # hybrid (qwen35: gated delta-net layers and gated full attention)
     keys: tuple = ()                  # (Config field, key suffix, default): hyperparameters beyond the common ones
     setup: Optional[Callable] = None  # hparam rules that are code in llama.cpp (gemma2/3 attention scale)
 
@@ -155,6 +157,25 @@ def _deepseek2_setup(cfg: "Config") -> None:
     cfg.attn_scale = f32(mscale * mscale / math.sqrt(cfg.head_dim_k_mla))
 
 
+def _qwen35_setup(cfg: "Config") -> None:
+    # recurrent (delta-net) layers: an explicit array, else all but every full_attention_interval-th
+    if cfg.recurrent_pattern is not None:
+        cfg.recurrent_layers = (list(cfg.recurrent_pattern) + [False] * cfg.n_layer)[:cfg.n_layer]
+    else:
+        n = cfg.full_attention_interval
+        cfg.recurrent_layers = [(il + 1) % n != 0 for il in range(cfg.n_layer)]
+    if cfg.ssm_d_inner % cfg.ssm_dt_rank or cfg.ssm_d_inner // cfg.ssm_dt_rank != cfg.ssm_d_state:
+        raise ModelError(f"{cfg.arch}: the delta-net needs equal key and value head sizes "
+                         "(ssm.inner_size / ssm.time_step_rank == ssm.state_size)")
+    if cfg.ssm_dt_rank % cfg.ssm_n_group:
+        raise ModelError(f"{cfg.arch}: ssm.time_step_rank must be a multiple of ssm.group_count")
+    # IMROPE: text positions are the same in every section, which is NEOX RoPE over n_rot
+    sections = cfg.rope_sections
+    if sum(sections[:3]) != cfg.n_rot // 2 or sections[3]:
+        raise ModelError(f"{cfg.arch}.rope.dimension_sections {sections} must cover n_rot / 2 in its first three "
+                         "sections (text-only M-RoPE)")
+
+
 _SOFTCAPS = (("attn_softcap", "attn_logit_softcapping", 50.0), ("final_softcap", "final_logit_softcapping", 30.0))
 _SWA_BASE = (("n_swa", "attention.sliding_window", 0), ("rope_base_swa", "rope.freq_base_swa", "rope_base"))
 
@@ -242,6 +263,25 @@ ARCHITECTURES: dict[str, Arch] = {
                             ("yarn_log_mul", "rope.scaling.yarn_log_multiplier", 0.0),
                             ("beta_fast", "rope.scaling.yarn_beta_fast", 32.0),
                             ("beta_slow", "rope.scaling.yarn_beta_slow", 1.0))),
+    # Qwen 3.5 (src/models/qwen35.cpp, delta-net-base.cpp): 3 of 4 layers a gated delta-net
+    # (causal conv, L2-normed Q/K, decay and beta per value head, gated RMSNorm), the 4th full
+    # attention with a sigmoid output gate from a doubled Q projection and Q/K norms; text M-RoPE
+    "qwen35": Arch(ROPE_NEOX, "Qwen3.5 0.8B-27B (text)", attn="hybrid", ffn_norm="post_attention_norm",
+                   qk_norm="head", setup=_qwen35_setup,
+                   keys=(("ssm_d_conv", "ssm.conv_kernel", None), ("ssm_d_inner", "ssm.inner_size", None),
+                         ("ssm_d_state", "ssm.state_size", None), ("ssm_dt_rank", "ssm.time_step_rank", None),
+                         ("ssm_n_group", "ssm.group_count", None),
+                         ("full_attention_interval", "full_attention_interval", 4))),
+    "qwen35moe": Arch(ROPE_NEOX, "Qwen3.5-35B-A3B, Qwen3.5-122B-A10B, Qwen3.5-397B-A17B (text)", attn="hybrid",
+                      ffn_norm="post_attention_norm", qk_norm="head", setup=_qwen35_setup,
+                      moe=Moe("softmax", norm_w=True, shared="sigmoid"),
+                      keys=(("ssm_d_conv", "ssm.conv_kernel", None), ("ssm_d_inner", "ssm.inner_size", None),
+                            ("ssm_d_state", "ssm.state_size", None), ("ssm_dt_rank", "ssm.time_step_rank", None),
+                            ("ssm_n_group", "ssm.group_count", None),
+                            ("full_attention_interval", "full_attention_interval", 4),
+                            ("n_ff_exp", "expert_feed_forward_length", 0),
+                            ("n_ff_shexp", "expert_shared_feed_forward_length", 0),
+                            ("expert_weights_scale", "expert_weights_scale", 0.0))),
     # llama.cpp's LLM_ARCH_OPENAI_MOE (src/models/openai-moe.cpp), "gpt-oss" in GGUF files
     "gpt-oss": Arch(ROPE_NEOX, "gpt-oss 20B/120B", ffn_norm="post_attention_norm", swa=2, swa_needs_key=False,
                     sinks=True, moe=Moe("softmax_weight", norm_w=False, act="swiglu_oai"),
@@ -314,6 +354,15 @@ class Config:
     expert_weights_scale: float = 0.0
     expert_weights_norm: bool = False
     gating_func: int = 0
+    ssm_d_conv: int = 0              # qwen35 delta-net: conv kernel, inner size (value dims), state size
+    ssm_d_inner: int = 0             # (key head size), value heads (time_step_rank), key heads (group_count)
+    ssm_d_state: int = 0
+    ssm_dt_rank: int = 0
+    ssm_n_group: int = 0
+    full_attention_interval: int = 4
+    recurrent_pattern: object = None
+    recurrent_layers: list = field(default_factory=list)
+    rope_sections: list = field(default_factory=list)
     n_lora_q: int = 0                # deepseek2 MLA: Q's low rank (0: a plain wq)
     n_lora_kv: int = 0               # the latent KV width
     head_dim_k_mla: int = 0          # per-head Q/K size (nope + rope) and V size after decompression
@@ -424,6 +473,11 @@ def read_config(meta: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> Config
         value = key(suffix, default, required=default is None) if suffix else default
         setattr(cfg, fname, type(getattr(cfg, fname))(value))
 
+    cfg.recurrent_pattern = meta.get(f"{arch_name}.attention.recurrent_layers")
+    if isinstance(cfg.recurrent_pattern, (list, tuple)):
+        cfg.recurrent_pattern = [bool(x) for x in cfg.recurrent_pattern]
+    sections = meta.get(f"{arch_name}.rope.dimension_sections")
+    cfg.rope_sections = ([int(x) for x in sections] + [0] * 4)[:4] if isinstance(sections, (list, tuple)) else []
     cfg.swa_pattern = meta.get(f"{arch_name}.attention.sliding_window_pattern")
     if isinstance(cfg.swa_pattern, (list, tuple)):
         cfg.swa_pattern = [bool(p) for p in cfg.swa_pattern]

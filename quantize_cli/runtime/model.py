@@ -174,6 +174,9 @@ def set_threads(n: Optional[int]) -> int:
     return n
 
 
+F32 = np.float32
+
+
 def _f16_round(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
@@ -189,7 +192,7 @@ class Model:
         self._check_tensors()
         tied = self.arch.tied_always or "output.weight" not in self.tensors
         self.output_name = "token_embd.weight" if tied else "output.weight"
-        if self.cfg.moe is None and self.arch.ffn != "fused":
+        if self.cfg.moe is None and self.arch.ffn != "fused" and self.arch.attn == "gqa":
             check_shapes(self.cfg, self.tensors)
         self.weight_budget = weight_budget
         self._cache: dict = {}
@@ -216,7 +219,13 @@ class Model:
             own_kv = cfg.kv_source(il) == il
             if arch.qk_norm in ("head", "full") and not arch.qk_norm_optional:
                 need += ["attn_q_norm"] + (["attn_k_norm"] if own_kv else [])
-            if arch.attn == "mla":
+            if arch.attn == "hybrid" and cfg.recurrent_layers[il]:
+                need = [n for n in need if n != "attn_output"]
+                need += ["attn_qkv", "attn_gate", "ssm_beta", "ssm_alpha", "ssm_norm", "ssm_out", "ssm_conv1d"]
+                self._require(p + "ssm_dt.bias")
+                self._require(p + "ssm_a")
+                need = [n for n in need if n not in ("attn_q_norm", "attn_k_norm")]
+            elif arch.attn == "mla":
                 need += (["attn_q_a", "attn_q_a_norm", "attn_q_b"] if cfg.n_lora_q else ["attn_q"])
                 need += ["attn_kv_a_mqa", "attn_kv_a_norm", "attn_k_b", "attn_v_b"]
             elif p + "attn_qkv.weight" not in self.tensors:
@@ -232,6 +241,8 @@ class Model:
                     need += ["ffn_gate_inp_shexp", "ffn_up_shexp", "ffn_gate_shexp", "ffn_down_shexp"]
                 if cfg.moe.shared == "plain" and cfg.n_expert_shared:
                     need += ["ffn_up_shexp", "ffn_gate_shexp", "ffn_down_shexp"]
+                if cfg.moe.shared == "sigmoid" and p + "ffn_up_shexp.weight" in self.tensors:
+                    need += ["ffn_gate_inp_shexp", "ffn_gate_shexp", "ffn_down_shexp"]
                 if cfg.moe.shared == "gemma4":
                     need += ["ffn_gate", "ffn_up", "ffn_down", "pre_ffw_norm_2", "post_ffw_norm_1", "post_ffw_norm_2"]
                     self._require(p + "ffn_gate_inp.scale")
@@ -429,10 +440,81 @@ class Model:
         out = np.stack([lat[hh] @ self.weight(p + "attn_v_b.weight", hh).T for hh in range(n_head)], axis=1)
         return self._matmul(out.reshape(T, n_head * cfg.head_dim_v_mla), p + "attn_output", observe)
 
+    def _delta_net(self, x: np.ndarray, il: int, observe) -> np.ndarray:
+        """qwen35's gated delta-net layer (build_layer_attn_linear, ggml_gated_delta_net on the CPU):
+        conv over time of [Q K V], SiLU, L2-normed Q/K; per value head h (Q/K head h % n_k_heads) a
+        state S (d_k, d_v): S *= exp(g); S += k (beta (v - k S)); out = q S / sqrt(d_v); then
+        RMSNorm(out) * silu(z) per head and ssm_out."""
+        cfg = self.cfg
+        p = f"blk.{il}."
+        T = x.shape[0]
+        dk, n_k, n_v = cfg.ssm_d_state, cfg.ssm_n_group, cfg.ssm_dt_rank
+        dv = cfg.ssm_d_inner // n_v
+        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
+        qkv = self._matmul(h, p + "attn_qkv", observe)  # (T, 2 n_k dk + n_v dv)
+        z = self._matmul(h, p + "attn_gate", observe)  # (T, n_v dv)
+        beta = self._matmul(h, p + "ssm_beta", observe)
+        beta = F32(1.0) / (F32(1.0) + np.exp(-beta))  # (T, n_v)
+        alpha = self._matmul(h, p + "ssm_alpha", observe) + self.weight(p + "ssm_dt.bias")
+        softplus = np.where(alpha > F32(20.0), alpha, np.log(F32(1.0) + np.exp(np.minimum(alpha, F32(20.0)))))
+        g = softplus.astype(np.float32) * self.weight(p + "ssm_a")  # (T, n_v): -exp(A_log) * softplus
+        # ggml_ssm_conv with a zero initial state: out[t] = sum_k x[t + k - (d_conv - 1)] w[k]
+        w = self.weight(p + "ssm_conv1d.weight")  # (channels, d_conv)
+        d_conv = w.shape[1]
+        padded = np.concatenate([np.zeros((d_conv - 1, qkv.shape[1]), np.float32), qkv])
+        conv = padded[0:T] * w[:, 0]
+        for kk in range(1, d_conv):
+            conv = conv + padded[kk:kk + T] * w[:, kk]
+        conv = conv / (F32(1.0) + np.exp(-conv))  # SiLU
+        q = conv[:, :n_k * dk].reshape(T, n_k, dk)
+        k = conv[:, n_k * dk:2 * n_k * dk].reshape(T, n_k, dk)
+        v = conv[:, 2 * n_k * dk:].reshape(T, n_v, dv)
+
+        def l2(a):  # build_gdn_l2_norm: rms_norm(a, eps/n) / sqrt(n)
+            return rms_norm(a, None, cfg.rms_eps / a.shape[-1]) * F32(1.0 / np.sqrt(np.float32(a.shape[-1])))
+
+        heads = np.arange(n_v) % n_k
+        q, k = l2(q)[:, heads], l2(k)[:, heads]  # (T, n_v, dk)
+        decay = np.exp(g)
+        S = np.zeros((n_v, dk, dv), np.float32)
+        out = np.empty((T, n_v, dv), np.float32)
+        scale = F32(1.0 / np.sqrt(np.float32(dv)))
+        for t in range(T):
+            S *= decay[t][:, None, None]
+            kS = np.einsum("hi,hij->hj", k[t], S)
+            delta = (v[t] - kS) * beta[t][:, None]
+            S += k[t][:, :, None] * delta[:, None, :]
+            out[t] = np.einsum("hi,hij->hj", q[t], S) * scale
+        zz = z.reshape(T, n_v, dv)
+        out = rms_norm(out, self.weight(p + "ssm_norm.weight"), cfg.rms_eps) * (zz / (F32(1.0) + np.exp(-zz)))
+        return self._matmul(out.reshape(T, n_v * dv), p + "ssm_out", observe)
+
+    def _gated_attention(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
+        """qwen35's full-attention layer: Q projection of [q, gate] per head, Q/K norms, RoPE,
+        attention, times sigmoid(gate), wo."""
+        cfg = self.cfg
+        p = f"blk.{il}."
+        T = x.shape[0]
+        n_head, n_kv, hd, n_rot = cfg.layer_heads(il)
+        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
+        qg = self._matmul(h, p + "attn_q", observe).reshape(T, n_head, 2 * hd)
+        q, gate = qg[:, :, :hd], qg[:, :, hd:].reshape(T, n_head * hd)
+        k = self._matmul(h, p + "attn_k", observe).reshape(T, n_kv, hd)
+        v = self._matmul(h, p + "attn_v", observe).reshape(T, n_kv, hd)
+        q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
+        k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
+        cos, sin = ropes["full"]
+        q = apply_rope(q, cos, sin, n_rot, cfg.rope_type) * np.float32(cfg.kq_scale)
+        k = apply_rope(k, cos, sin, n_rot, cfg.rope_type)
+        attn = attention(q, k, v, BLAS) * (F32(1.0) / (F32(1.0) + np.exp(-gate)))
+        return self._matmul(attn, p + "attn_output", observe)
+
     def _attention_block(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
         cfg, arch = self.cfg, self.arch
         if arch.attn == "mla":
             return self._mla_attention(x, il, ropes, observe)
+        if arch.attn == "hybrid":
+            return self._delta_net(x, il, observe) if cfg.recurrent_layers[il] else self._gated_attention(x, il, ropes, observe)
         p = f"blk.{il}."
         T = x.shape[0]
         n_head, n_kv, hd, n_rot = cfg.layer_heads(il)
@@ -574,6 +656,10 @@ class Model:
             out = out + self._dense_ffn(h, p, "_shexp", "silu", observe) * gate
         elif moe.shared == "plain" and cfg.n_expert_shared:
             out = out + self._dense_ffn(h, p, "_shexp", "silu", observe)
+        elif moe.shared == "sigmoid" and p + "ffn_up_shexp.weight" in self.tensors:
+            shexp = self._dense_ffn(h, p, "_shexp", "silu", observe)
+            g = self._matmul(h, p + "ffn_gate_inp_shexp", observe)  # (T, 1)
+            out = out + shexp * (np.float32(1.0) / (np.float32(1.0) + np.exp(-g)))
         return out
 
 

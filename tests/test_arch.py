@@ -253,3 +253,17 @@ def test_deepseek2_without_mla_is_refused(small_models):
     meta = {k: v for k, v in m.meta.items() if "length_mla" not in k}
     with pytest.raises(ModelError, match="without MLA"):
         read_config(meta, {n: t.ne for n, t in m.tensors.items()})
+
+
+def test_gated_delta_net_against_its_definition():
+    """The recurrence against the closed form of one head with no decay and beta 1 for two tokens:
+    S1 = k1 v1^T; S2 = S1 + k2 (v2 - k2^T S1)^T."""
+    rng = np.random.default_rng(5)
+    q, k = rng.standard_normal((2, 1, 3)).astype(np.float32), rng.standard_normal((2, 1, 3)).astype(np.float32)
+    v = rng.standard_normal((2, 1, 4)).astype(np.float32)
+    out = blocks.gated_delta_net(q, k, v, np.zeros((2, 1), np.float32), np.ones((2, 1), np.float32))
+    s1 = np.outer(k[0, 0], v[0, 0])
+    s2 = s1 + np.outer(k[1, 0], v[1, 0] - k[1, 0] @ s1)
+    np.testing.assert_allclose(out[:, 0], np.stack([q[0, 0] @ s1, q[1, 0] @ s2]) / 2.0, rtol=1e-5)
+    conv = blocks.causal_conv(np.arange(1, 5, dtype=np.float32)[:, None], np.array([[1.0, 10.0]], np.float32))
+    assert conv[:, 0].tolist() == [10.0, 21.0, 32.0, 43.0]  # x[t-1] * 1 + x[t] * 10

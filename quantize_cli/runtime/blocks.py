@@ -155,6 +155,37 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, blas=None, window: in
     return np.ascontiguousarray(out.reshape(n_head, T, hd_v).transpose(1, 0, 2)).reshape(T, n_head * hd_v)
 
 
+# --- linear attention (qwen35) ----------------------------------------------------------------------
+
+def causal_conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ggml_ssm_conv from a zero state: x (T, channels), w (channels, d_conv);
+    out[t] = sum_k x[t + k - (d_conv - 1)] * w[:, k], the taps added in order."""
+    T, d_conv = x.shape[0], w.shape[1]
+    padded = np.concatenate([np.zeros((d_conv - 1, x.shape[1]), np.float32), x])
+    out = padded[0:T] * w[:, 0]
+    for k in range(1, d_conv):
+        out = out + padded[k:k + T] * w[:, k]
+    return out
+
+
+def gated_delta_net(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """ggml_gated_delta_net on the CPU, from a zero state: q, k (T, H, d_k), v (T, H, d_v), g and
+    beta (T, H). Per head a state S (d_k, d_v), token by token: S *= exp(g); delta = beta (v - k S);
+    S += k outer delta; out = (q S) / sqrt(d_v). Returns (T, H, d_v)."""
+    T, H, d_k = q.shape
+    d_v = v.shape[2]
+    decay = np.exp(g)
+    S = np.zeros((H, d_k, d_v), np.float32)
+    out = np.empty((T, H, d_v), np.float32)
+    scale = F32(1.0 / np.sqrt(np.float32(d_v)))
+    for t in range(T):
+        S *= decay[t][:, None, None]
+        delta = (v[t] - np.einsum("hi,hij->hj", k[t], S)) * beta[t][:, None]
+        S += k[t][:, :, None] * delta[:, None, :]
+        out[t] = np.einsum("hi,hij->hj", q[t], S) * scale
+    return out
+
+
 # --- FFN activations --------------------------------------------------------------------------------
 
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:

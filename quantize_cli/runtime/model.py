@@ -22,8 +22,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from .arch import ARCHITECTURES, Config, ModelError, read_config, supported  # noqa: F401  (re-exported)
-from .blocks import (ACTIVATIONS, ROPE_NEOX, ROPE_NORM, apply_rope, attention, rms_norm,  # noqa: F401
-                     rope_cache, route)
+from .blocks import (ACTIVATIONS, ROPE_NEOX, ROPE_NORM, apply_rope, attention, causal_conv,  # noqa: F401
+                     gated_delta_net, rms_norm, rope_cache, route)
 
 # Observer of matmul inputs: (weight name, activations (n_tokens, n_in) float32[, expert]).
 # For an expert tensor the third argument is (expert index, n_expert) and the rows are the inputs
@@ -458,13 +458,7 @@ class Model:
         alpha = self._matmul(h, p + "ssm_alpha", observe) + self.weight(p + "ssm_dt.bias")
         softplus = np.where(alpha > F32(20.0), alpha, np.log(F32(1.0) + np.exp(np.minimum(alpha, F32(20.0)))))
         g = softplus.astype(np.float32) * self.weight(p + "ssm_a")  # (T, n_v): -exp(A_log) * softplus
-        # ggml_ssm_conv with a zero initial state: out[t] = sum_k x[t + k - (d_conv - 1)] w[k]
-        w = self.weight(p + "ssm_conv1d.weight")  # (channels, d_conv)
-        d_conv = w.shape[1]
-        padded = np.concatenate([np.zeros((d_conv - 1, qkv.shape[1]), np.float32), qkv])
-        conv = padded[0:T] * w[:, 0]
-        for kk in range(1, d_conv):
-            conv = conv + padded[kk:kk + T] * w[:, kk]
+        conv = causal_conv(qkv, self.weight(p + "ssm_conv1d.weight"))
         conv = conv / (F32(1.0) + np.exp(-conv))  # SiLU
         q = conv[:, :n_k * dk].reshape(T, n_k, dk)
         k = conv[:, n_k * dk:2 * n_k * dk].reshape(T, n_k, dk)
@@ -474,17 +468,7 @@ class Model:
             return rms_norm(a, None, cfg.rms_eps / a.shape[-1]) * F32(1.0 / np.sqrt(np.float32(a.shape[-1])))
 
         heads = np.arange(n_v) % n_k
-        q, k = l2(q)[:, heads], l2(k)[:, heads]  # (T, n_v, dk)
-        decay = np.exp(g)
-        S = np.zeros((n_v, dk, dv), np.float32)
-        out = np.empty((T, n_v, dv), np.float32)
-        scale = F32(1.0 / np.sqrt(np.float32(dv)))
-        for t in range(T):
-            S *= decay[t][:, None, None]
-            kS = np.einsum("hi,hij->hj", k[t], S)
-            delta = (v[t] - kS) * beta[t][:, None]
-            S += k[t][:, :, None] * delta[:, None, :]
-            out[t] = np.einsum("hi,hij->hj", q[t], S) * scale
+        out = gated_delta_net(l2(q)[:, heads], l2(k)[:, heads], v, g, beta)  # (T, n_v, dv)
         zz = z.reshape(T, n_v, dv)
         out = rms_norm(out, self.weight(p + "ssm_norm.weight"), cfg.rms_eps) * (zz / (F32(1.0) + np.exp(-zz)))
         return self._matmul(out.reshape(T, n_v * dv), p + "ssm_out", observe)

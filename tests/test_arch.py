@@ -250,9 +250,14 @@ def test_deepseek2_without_mla_is_refused(small_models):
     from quantize_cli.runtime.arch import read_config
 
     m = Model(small_models["deepseek2"])
+    shapes = {n: t.ne for n, t in m.tensors.items()}
     meta = {k: v for k, v in m.meta.items() if "length_mla" not in k}
     with pytest.raises(ModelError, match="without MLA"):
-        read_config(meta, {n: t.ne for n, t in m.tensors.items()})
+        read_config(meta, shapes)
+    with pytest.raises(ModelError, match="temperature scaling"):  # mistral-large's keys: not mirrored
+        read_config({**m.meta, "deepseek2.attention.temperature_scale": 0.1}, shapes)
+    with pytest.raises(ModelError, match="per-layer deepseek2.expert_feed_forward_length"):
+        read_config({**m.meta, "deepseek2.expert_feed_forward_length": [32, 32, 16]}, shapes)
 
 
 def test_gated_delta_net_against_its_definition():

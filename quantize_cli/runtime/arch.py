@@ -138,6 +138,9 @@ def _deepseek2_setup(cfg: "Config") -> None:
     if cfg.head_dim_k_mla == 0 or cfg.head_dim_v_mla == 0:
         raise ModelError("deepseek2 models without MLA (key_length_mla / value_length_mla, an old wkv_b file) "
                          "are not supported; reconvert with a current convert_hf_to_gguf.py")
+    if cfg.attn_temp_scale:
+        raise ModelError("deepseek2 with attention temperature scaling (attention.temperature_scale, Mistral "
+                         "Large 3) is not supported by the forward pass")
     if cfg.gating_func == 0:  # NONE: DeepSeek V2/V2.5 files; GLM 4.7 Lite's are sigmoid
         cfg.gating_func = 2 if cfg.n_layer in (47, 48) and cfg.n_vocab == 154880 else 1
     _moe_keys_setup(cfg)
@@ -262,7 +265,8 @@ ARCHITECTURES: dict[str, Arch] = {
                             ("head_dim_v_mla", "attention.value_length_mla", 0),
                             ("yarn_log_mul", "rope.scaling.yarn_log_multiplier", 0.0),
                             ("beta_fast", "rope.scaling.yarn_beta_fast", 32.0),
-                            ("beta_slow", "rope.scaling.yarn_beta_slow", 1.0))),
+                            ("beta_slow", "rope.scaling.yarn_beta_slow", 1.0),
+                            ("attn_temp_scale", "attention.temperature_scale", 0.0))),
     # Qwen 3.5 (src/models/qwen35.cpp, delta-net-base.cpp): 3 of 4 layers a gated delta-net
     # (causal conv, L2-normed Q/K, decay and beta per value head, gated RMSNorm), the 4th full
     # attention with a sigmoid output gate from a doubled Q projection and Q/K norms; text M-RoPE
@@ -471,6 +475,10 @@ def read_config(meta: dict, tensor_shapes: dict[str, tuple[int, ...]]) -> Config
         if isinstance(default, str):  # the default is another hyperparameter's value
             default = getattr(cfg, default)
         value = key(suffix, default, required=default is None) if suffix else default
+        if isinstance(value, (list, tuple)):
+            if len(set(value)) != 1:
+                raise ModelError(f"per-layer {arch_name}.{suffix} (an array of different values) is not supported")
+            value = value[0]
         setattr(cfg, fname, type(getattr(cfg, fname))(value))
 
     cfg.recurrent_pattern = meta.get(f"{arch_name}.attention.recurrent_layers")

@@ -1,9 +1,10 @@
 """The type registry: every ggml tensor type we can write or read, mapped to its kernel pair.
 
-A kernel module (one family each: floats, legacy, kquants, iquants, ...) exposes
-``KERNELS: list[Kernel]``. A family is imported on the first use of one of its types
-(FAMILY_OF), so that ``pyquantize --help`` and ``inspect`` never pay for Numba and a conversion
-only for the families it calls.
+A kernel module (one family each: floats, legacy, kquants_q2q3, iq2, ...) exposes
+``KERNELS: list[Kernel]``; what several families share sits in modules that register nothing
+(common, solvers, kquants_common, iquants_common, iq1_common, iq_tables). A family is imported
+on the first use of one of its types (FAMILY_OF), so that ``pyquantize --help`` and ``inspect``
+never pay for Numba and a conversion only for the families it calls.
 
 Contract of a kernel pair (no file I/O, no globals read inside the JIT code):
 - ``quantize(rows, imatrix)``: ``rows`` is C-contiguous float32 (nrows, n_per_row),
@@ -27,18 +28,19 @@ QuantizeFn = Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]
 DequantizeFn = Callable[[np.ndarray, int], np.ndarray]
 
 # Kernel families, in the order they register. A family not written yet is simply absent.
-FAMILIES = ("floats", "legacy", "kquants", "iquants", "iq1", "iq4", "ternary", "mxfp4", "q1q2")
+FAMILIES = ("floats", "legacy", "kquants_q2q3", "kquants_q4q8", "iq2", "iq3", "iq1_s", "iq1_m", "iq4", "ternary",
+            "mxfp4", "q1q2")
 
-# The family of each type, so that a run imports only the families it calls: importing all nine
+# The family of each type, so that a run imports only the families it calls: importing all twelve
 # (their Numba dispatchers, the IQ grids with the whole gguf package) costs ~40 ms, a tenth of a
 # small conversion. tests/test_registry.py checks this table against every family's KERNELS.
 FAMILY_OF = {
     "F32": "floats", "F16": "floats", "BF16": "floats",
     "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy",
-    "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants",
-    "Q8_K": "kquants",
-    "IQ2_XXS": "iquants", "IQ2_XS": "iquants", "IQ2_S": "iquants", "IQ3_XXS": "iquants", "IQ3_S": "iquants",
-    "IQ1_S": "iq1", "IQ1_M": "iq1",
+    "Q2_K": "kquants_q2q3", "Q3_K": "kquants_q2q3",
+    "Q4_K": "kquants_q4q8", "Q5_K": "kquants_q4q8", "Q6_K": "kquants_q4q8", "Q8_K": "kquants_q4q8",
+    "IQ2_XXS": "iq2", "IQ2_XS": "iq2", "IQ2_S": "iq2", "IQ3_XXS": "iq3", "IQ3_S": "iq3",
+    "IQ1_S": "iq1_s", "IQ1_M": "iq1_m",
     "IQ4_NL": "iq4", "IQ4_XS": "iq4",
     "TQ1_0": "ternary", "TQ2_0": "ternary",
     "MXFP4": "mxfp4", "NVFP4": "mxfp4",

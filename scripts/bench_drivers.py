@@ -31,7 +31,7 @@ from numba import njit, prange, types  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels import kquants as K, legacy as L  # noqa: E402
+from kernels import kquants_q4q8 as K, legacy as L  # noqa: E402
 
 
 # closure: Numba keys a closure's cache entry by its bytecode and a pickle of its cells; the cell

@@ -196,7 +196,7 @@ def test_q8_k_rounding_is_ggml_q8_k(row_driver):
     import kernels
     from kernels.activations import round_activations
     from kernels.gguf_compat import GGMLQuantizationType as T
-    from kernels.kquants import quantize_q8_k
+    from kernels.kquants_q4q8 import quantize_q8_k
 
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((5, 512)) * rng.uniform(0.01, 30, (5, 1))).astype(np.float32)

@@ -27,11 +27,19 @@ def test_registry_holds_every_listed_type():
 
 
 def test_lookup_imports_only_its_family():
+    # then Q4_K_M's K-quants and an IQ3 type: the modules the families share (kquants_common,
+    # iquants_common) register nothing, so neither kquants_q2q3 nor iq2 comes along
     code = (
         "import sys, kernels\n"
         "from kernels.gguf_compat import GGMLQuantizationType as T\n"
+        "def families(): return sorted(m for m in sys.modules if m.startswith('kernels.') and m[8:] in kernels.FAMILIES)\n"
         "assert kernels.can_quantize(T.Q4_0) and kernels.can_dequantize(T.F16)\n"
-        "print(sorted(m for m in sys.modules if m.startswith('kernels.') and m[8:] in kernels.FAMILIES))\n"
+        "print(' '.join(families()))\n"
+        "assert kernels.can_quantize(T.Q4_K) and kernels.can_quantize(T.Q6_K) and kernels.can_quantize(T.IQ3_S)\n"
+        "print(' '.join(families()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["['kernels.floats',", "'kernels.legacy']"]
+    assert out.stdout.splitlines() == [
+        "kernels.floats kernels.legacy",
+        "kernels.floats kernels.iq3 kernels.kquants_q4q8 kernels.legacy",
+    ]

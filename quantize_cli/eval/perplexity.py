@@ -90,7 +90,7 @@ def tokenize_text(meta: dict, text_file: Path, parse_special: bool = False):
     """The text's tokens as llama-perplexity makes them (common_tokenize with add_special: BOS
     first when the vocabulary adds one), and the tokenizer; `meta` is the model's metadata."""
     from ..errors import PyquantizeError
-    from ..imatrix.command import read_text
+    from ..formats.text import read_text
     from ..runtime.tokenizer import Tokenizer
 
     try:

@@ -5,4 +5,5 @@
     gguf_writer.py   GGUF writing: header first, then tensors streamed in order
     output.py        atomic outputs: temporary files renamed over the targets only when complete
     imatrix_file.py  importance matrices: llama.cpp's GGUF imatrix and the legacy .dat
+    text.py          the text files of -f (imatrix, perplexity), read as llama.cpp reads them
 """

@@ -18,7 +18,7 @@ install-reference:
 # Default tier needs no compiler; the reference tier runs too when llama-cpp-python is installed
 # (make install-reference) and skips, saying why, when it is not.
 test:
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-reference:
 	$(BIN)/python -m pytest -q -m reference

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quantize_cli.plan.target_sensitivity import calibration_tokens, log_softmax  # noqa: E402
 from quantize_cli.runtime import model as runtime  # noqa: E402
+from quantize_cli.runtime.blas import set_threads  # noqa: E402
 from quantize_cli.sources import open_source  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    runtime.set_threads(args.threads)
+    set_threads(args.threads)
     chunks = calibration_tokens(args.base, args.text, args.chunks, args.ctx)
     targets = [c[len(c) // 2 + 1:] for c in chunks]
     base = scores(args.base, chunks)

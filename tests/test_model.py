@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize_cli.runtime.model import Model, ModelError, apply_rope, rms_norm, rope_cache, ROPE_NEOX, ROPE_NORM
+from quantize_cli.runtime.blocks import ROPE_NEOX, ROPE_NORM, apply_rope, rms_norm, rope_cache
+from quantize_cli.runtime.model import Model, ModelError
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"

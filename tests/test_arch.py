@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize_cli.runtime.model import ARCHITECTURES, Model, ModelError, supported
+from quantize_cli.runtime.arch import ARCHITECTURES, supported
+from quantize_cli.runtime.model import Model, ModelError
 from quantize_cli.runtime import blocks
 
 ROOT = Path(__file__).parent.parent

@@ -405,7 +405,7 @@ def test_cli_unsupported_architecture_and_missing_model(app, tmp_path, short_tex
     w.close()
     r = run(app, p, "-f", short_text, "-o", tmp_path / "x.gguf")
     assert r.exit_code == 1
-    from quantize_cli.runtime.model import supported
+    from quantize_cli.runtime.arch import supported
 
     assert r.stderr.strip() == f"error: architecture 'falcon' is not supported by the forward pass (supported: {supported()})"
     r = run(app, tmp_path / "missing.gguf", "-f", short_text, "-o", tmp_path / "x.gguf")

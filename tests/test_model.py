@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize_cli.runtime.model import Model, ModelError, apply_rope, rms_norm, rope_cache, ROPE_NEOX, ROPE_NORM
+from quantize_cli.runtime.blocks import ROPE_NEOX, ROPE_NORM, apply_rope, rms_norm, rope_cache
+from quantize_cli.runtime.model import Model, ModelError
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"
@@ -114,7 +115,7 @@ def write_gguf(path: Path, arch: str, tensors: dict[str, np.ndarray], **kv) -> P
 
 def test_unsupported_architecture(tmp_path):
     p = write_gguf(tmp_path / "m.gguf", "gpt2", {"token_embd.weight": np.zeros((4, 8), np.float32)})
-    with pytest.raises(ModelError, match="architecture 'gpt2' is not supported .*supported: gemma, .*llama, .*qwen2, .*smollm3\\)$"):
+    with pytest.raises(ModelError, match="architecture 'gpt2' is not supported .*supported: deepseek2, gemma, .*llama, .*qwen2, .*smollm3\\)$"):
         Model(p)
 
 

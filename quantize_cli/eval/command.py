@@ -27,7 +27,7 @@ KL divergence, same top token. The base runs once; the candidates stream through
 
 
 def _threads(n: Optional[int]) -> int:
-    from ..runtime.model import set_threads
+    from ..runtime.blas import set_threads
 
     return set_threads(n)
 

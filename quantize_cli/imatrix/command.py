@@ -264,8 +264,8 @@ def show_statistics(in_files: List[Path], ctx_size: int = 512) -> str:
 
 
 def set_threads(n: Optional[int]) -> int:
-    """Threads for the matrix products (default: all cores); see model.set_threads."""
-    from ..runtime.model import set_threads as model_set_threads
+    """Threads for the matrix products (default: all cores); see runtime/blas.py's set_threads."""
+    from ..runtime.blas import set_threads as model_set_threads
 
     return model_set_threads(n)
 

@@ -99,9 +99,10 @@ def calibrate(model_path: Path, text_path: Path, tensors: list, imatrix_of: Call
               on_step: Callable[[str], None] | None = None) -> Calibration:
     """tensors: (source name, TensorRef) of every tensor the search chooses a type for;
     imatrix_of(name) gives its imatrix values or None."""
-    from ..runtime import logprobs, model as runtime
+    from ..runtime import logprobs
+    from ..runtime.blas import set_threads
 
-    runtime.set_threads(1)
+    set_threads(1)
     model = _open_model(model_path)
     try:
         token_chunks = calibration_tokens(model_path, text_path, chunks, ctx)

@@ -5,6 +5,10 @@ arch.py) computes, in float32, one chunk of tokens at a time, and hands every ma
 multiplication's input to an observer: that is what the importance matrix is made of (see
 imatrix/collector.py). `_matmul` is the one place weights meet activations.
 
+This module holds the loading (the GGUF file, dequantizing, the tensor checks) and the per-layer loop;
+the attention layers are in attention.py, the FFN / MoE layers in ffn.py, the BLAS thread switch in
+blas.py and the ops they compose in blocks.py.
+
     token_embd [* scale] -> n_layer x [attention block, FFN or MoE block] -> RMSNorm -> output
                [/ logit scale, soft-cap]
 
@@ -21,9 +25,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .arch import ARCHITECTURES, Config, ModelError, read_config, supported  # noqa: F401  (re-exported)
-from .blocks import (ACTIVATIONS, ROPE_NEOX, ROPE_NORM, apply_rope, attention, causal_conv,  # noqa: F401
-                     gated_delta_net, rms_norm, rope_cache, route)
+from .arch import ARCHITECTURES, Config, ModelError, read_config
+from .attention import AttentionLayers
+from .blas import BLAS
+from .blocks import ACTIVATIONS, rms_norm, rope_cache
+from .ffn import FeedForward
 
 # Observer of matmul inputs: (weight name, activations (n_tokens, n_in) float32[, expert]).
 # For an expert tensor the third argument is (expert index, n_expert) and the rows are the inputs
@@ -119,70 +125,11 @@ def _rows(ref, rows: np.ndarray) -> np.ndarray:
     return _dequantize(sub)
 
 
-class _Blas:
-    """NumPy's BLAS thread count, switched per product: products under SMALL_FLOPS run on one
-    thread, where waking and syncing more costs more than it saves (and much more on a busy
-    machine). Best effort: OpenBLAS as bundled with numpy; elsewhere a no-op."""
+class Model(AttentionLayers, FeedForward):
+    """A model of one of the families in arch.ARCHITECTURES, ready to run chunks of token ids.
 
-    SMALL_FLOPS = 1 << 27
-
-    def __init__(self) -> None:
-        self.threads = 1
-        self.current = None
-        self._set = self._find()
-
-    @staticmethod
-    def _find():
-        import ctypes
-        import glob
-        import os
-
-        for lib in glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*.so*")):
-            try:
-                so = ctypes.CDLL(lib)
-            except OSError:
-                continue
-            for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                        "openblas_set_num_threads"):
-                fn = getattr(so, sym, None)
-                if fn is not None:
-                    fn.argtypes = [ctypes.c_int]
-                    return fn
-        return None
-
-    def configure(self, threads: int) -> bool:
-        self.threads = max(1, threads)
-        self.current = None
-        return self._set is not None
-
-    def for_flops(self, flops: float) -> None:
-        want = 1 if flops < self.SMALL_FLOPS else self.threads
-        if want != self.current and self._set is not None:
-            self._set(want)
-            self.current = want
-
-
-BLAS = _Blas()
-
-
-def set_threads(n: Optional[int]) -> int:
-    """Threads for the matrix products (default: all cores)."""
-    import os
-
-    n = n if n and n > 0 else (os.cpu_count() or 1)
-    BLAS.configure(n)
-    return n
-
-
-F32 = np.float32
-
-
-def _f16_round(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float16).astype(np.float32)
-
-
-class Model:
-    """A model of one of the families in arch.ARCHITECTURES, ready to run chunks of token ids."""
+    This class holds the weights and the per-layer loop; the layers' halves are its mixins:
+    attention.py (standard / sliding-window, MLA, gated delta-net) and ffn.py (FFN, MoE)."""
 
     def __init__(self, path: str | Path, weight_budget: int = 8 << 30):
         self.path = Path(path)
@@ -402,249 +349,6 @@ class Model:
             scale = np.log(np.floor((pos + cfg.attn_temp_offset) / cfg.attn_temp_floor) + 1.0) * cfg.attn_temp_scale + 1.0
             tables["temp"] = scale.astype(np.float32)[:, None, None]
         return tables
-
-    def _mla_attention(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
-        """deepseek2's MLA as llama.cpp runs it (absorbed): Q's no-RoPE part goes through each head's
-        wk_b into the latent space, attention is MQA over the normed latent KV (plus the shared RoPE
-        key), each head's output is decompressed by its wv_b. wk_b / wv_b are 3-D (one matrix per
-        head): llama-imatrix sums their inputs per head under one count."""
-        cfg = self.cfg
-        p = f"blk.{il}."
-        T, n_head, n_rot, r = x.shape[0], cfg.n_head, cfg.n_rot, cfg.n_lora_kv
-        nope = cfg.head_dim_k_mla - n_rot
-        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
-        if cfg.n_lora_q:
-            q = rms_norm(self._matmul(h, p + "attn_q_a", observe), self.weight(p + "attn_q_a_norm.weight"), cfg.rms_eps)
-            q = self._matmul(q, p + "attn_q_b", observe)
-        else:
-            q = self._matmul(h, p + "attn_q", observe)
-        q = q.reshape(T, n_head, cfg.head_dim_k_mla)
-        kv = self._matmul(h, p + "attn_kv_a_mqa", observe)  # (T, r + n_rot)
-        cos, sin = ropes["full"]
-        k_pe = apply_rope(kv[:, None, r:], cos, sin, n_rot, cfg.rope_type)  # (T, 1, n_rot)
-        kv_cmpr = rms_norm(kv[:, :r], self.weight(p + "attn_kv_a_norm.weight"), cfg.rms_eps)  # (T, r)
-        q_pe = apply_rope(np.ascontiguousarray(q[:, :, nope:]), cos, sin, n_rot, cfg.rope_type)
-        q_nope = np.ascontiguousarray(q[:, :, :nope].transpose(1, 0, 2))  # (n_head, T, nope)
-        if observe is not None:  # one wide row per token: head h's input at columns h*nope..
-            observe(p + "attn_k_b", np.ascontiguousarray(q_nope.transpose(1, 0, 2)).reshape(T, n_head * nope))
-        q_abs = np.stack([q_nope[hh] @ self.weight(p + "attn_k_b.weight", hh).T for hh in range(n_head)], axis=1)
-        qc = np.concatenate([q_abs, q_pe], axis=2)  # (T, n_head, r + n_rot)
-        kc = np.concatenate([kv_cmpr[:, None, :], k_pe], axis=2)  # (T, 1, r + n_rot)
-        if "temp" in ropes:
-            qc = qc * ropes["temp"]
-        qc = qc * np.float32(cfg.kq_scale)
-        lat = attention(qc, kc, kv_cmpr[:, None, :], BLAS).reshape(T, n_head, r)
-        lat = np.ascontiguousarray(lat.transpose(1, 0, 2))  # (n_head, T, r)
-        if observe is not None:
-            observe(p + "attn_v_b", np.ascontiguousarray(lat.transpose(1, 0, 2)).reshape(T, n_head * r))
-        out = np.stack([lat[hh] @ self.weight(p + "attn_v_b.weight", hh).T for hh in range(n_head)], axis=1)
-        return self._matmul(out.reshape(T, n_head * cfg.head_dim_v_mla), p + "attn_output", observe)
-
-    def _delta_net(self, x: np.ndarray, il: int, observe) -> np.ndarray:
-        """qwen35's gated delta-net layer (build_layer_attn_linear, ggml_gated_delta_net on the CPU):
-        conv over time of [Q K V], SiLU, L2-normed Q/K; per value head h (Q/K head h % n_k_heads) a
-        state S (d_k, d_v): S *= exp(g); S += k (beta (v - k S)); out = q S / sqrt(d_v); then
-        RMSNorm(out) * silu(z) per head and ssm_out."""
-        cfg = self.cfg
-        p = f"blk.{il}."
-        T = x.shape[0]
-        dk, n_k, n_v = cfg.ssm_d_state, cfg.ssm_n_group, cfg.ssm_dt_rank
-        dv = cfg.ssm_d_inner // n_v
-        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
-        qkv = self._matmul(h, p + "attn_qkv", observe)  # (T, 2 n_k dk + n_v dv)
-        z = self._matmul(h, p + "attn_gate", observe)  # (T, n_v dv)
-        beta = self._matmul(h, p + "ssm_beta", observe)
-        beta = F32(1.0) / (F32(1.0) + np.exp(-beta))  # (T, n_v)
-        alpha = self._matmul(h, p + "ssm_alpha", observe) + self.weight(p + "ssm_dt.bias")
-        softplus = np.where(alpha > F32(20.0), alpha, np.log(F32(1.0) + np.exp(np.minimum(alpha, F32(20.0)))))
-        g = softplus.astype(np.float32) * self.weight(p + "ssm_a")  # (T, n_v): -exp(A_log) * softplus
-        conv = causal_conv(qkv, self.weight(p + "ssm_conv1d.weight"))
-        conv = conv / (F32(1.0) + np.exp(-conv))  # SiLU
-        q = conv[:, :n_k * dk].reshape(T, n_k, dk)
-        k = conv[:, n_k * dk:2 * n_k * dk].reshape(T, n_k, dk)
-        v = conv[:, 2 * n_k * dk:].reshape(T, n_v, dv)
-
-        def l2(a):  # build_gdn_l2_norm: rms_norm(a, eps/n) / sqrt(n)
-            return rms_norm(a, None, cfg.rms_eps / a.shape[-1]) * F32(1.0 / np.sqrt(np.float32(a.shape[-1])))
-
-        heads = np.arange(n_v) % n_k
-        out = gated_delta_net(l2(q)[:, heads], l2(k)[:, heads], v, g, beta)  # (T, n_v, dv)
-        zz = z.reshape(T, n_v, dv)
-        out = rms_norm(out, self.weight(p + "ssm_norm.weight"), cfg.rms_eps) * (zz / (F32(1.0) + np.exp(-zz)))
-        return self._matmul(out.reshape(T, n_v * dv), p + "ssm_out", observe)
-
-    def _gated_attention(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
-        """qwen35's full-attention layer: Q projection of [q, gate] per head, Q/K norms, RoPE,
-        attention, times sigmoid(gate), wo."""
-        cfg = self.cfg
-        p = f"blk.{il}."
-        T = x.shape[0]
-        n_head, n_kv, hd, n_rot = cfg.layer_heads(il)
-        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
-        qg = self._matmul(h, p + "attn_q", observe).reshape(T, n_head, 2 * hd)
-        q, gate = qg[:, :, :hd], qg[:, :, hd:].reshape(T, n_head * hd)
-        k = self._matmul(h, p + "attn_k", observe).reshape(T, n_kv, hd)
-        v = self._matmul(h, p + "attn_v", observe).reshape(T, n_kv, hd)
-        q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
-        k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
-        cos, sin = ropes["full"]
-        q = apply_rope(q, cos, sin, n_rot, cfg.rope_type) * np.float32(cfg.kq_scale)
-        k = apply_rope(k, cos, sin, n_rot, cfg.rope_type)
-        attn = attention(q, k, v, BLAS) * (F32(1.0) / (F32(1.0) + np.exp(-gate)))
-        return self._matmul(attn, p + "attn_output", observe)
-
-    def _attention_block(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
-        cfg, arch = self.cfg, self.arch
-        if arch.attn == "mla":
-            return self._mla_attention(x, il, ropes, observe)
-        if arch.attn == "hybrid":
-            return self._delta_net(x, il, observe) if cfg.recurrent_layers[il] else self._gated_attention(x, il, ropes, observe)
-        p = f"blk.{il}."
-        T = x.shape[0]
-        n_head, n_kv, hd, n_rot = cfg.layer_heads(il)
-        own_kv = cfg.kv_source(il) == il
-        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps) if arch.norm_in else x
-        k = v = None
-        if p + "attn_qkv.weight" in self.tensors:
-            qkv = self._matmul(h, p + "attn_qkv", observe)
-            q, k, v = np.split(qkv, [n_head * hd, n_head * hd + n_kv * hd], axis=1)
-        else:
-            q = self._matmul(h, p + "attn_q", observe)
-            if own_kv:
-                k = self._matmul(h, p + "attn_k", observe)
-                v = self._matmul(h, p + "attn_v", observe) if p + "attn_v.weight" in self.tensors else k
-        if arch.qk_norm == "full":  # olmo2: one norm over all heads
-            q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
-            k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
-        q = q.reshape(T, n_head, hd)
-        qk_norm = arch.qk_norm == "head" and (not arch.qk_norm_optional or p + "attn_q_norm.weight" in self.tensors)
-        if qk_norm:
-            q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
-        swa = cfg.swa_layers[il]
-        rope = not (cfg.no_rope_step and (il + 1) % cfg.no_rope_step == 0)
-        if rope:
-            cos, sin = ropes["swa" if swa else "full"]
-            q = apply_rope(q, cos, sin, n_rot, cfg.rope_type)  # (T, n_head, hd)
-        if own_kv:
-            k, v = k.reshape(T, n_kv, hd), v.reshape(T, n_kv, hd)
-            if qk_norm:
-                k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
-            if arch.v_norm:
-                v = rms_norm(v, None, cfg.rms_eps)
-            if rope:
-                k = apply_rope(k, cos, sin, n_rot, cfg.rope_type)  # (T, n_kv, hd)
-            if arch.qk_norm == "l2" and rope and cfg.use_kq_norm:  # llama4's Llama4TextL2Norm
-                q, k = rms_norm(q, None, cfg.rms_eps), rms_norm(k, None, cfg.rms_eps)
-            if cfg.n_kv_shared:
-                ropes["kv"][il] = (k, v)
-        else:  # the KV cache of an earlier layer of the same kind (gemma4)
-            k, v = ropes["kv"][cfg.kv_source(il)]
-        if "temp" in ropes and not (arch.temp_nope_only and rope):
-            q = q * ropes["temp"]
-        if self.kv_f16:
-            # llama.cpp's default: F16 K/V cache read by its tiled flash attention, which
-            # widens K and V back to f32 and keeps Q and all sums in f32 (ops.cpp
-            # ggml_compute_forward_flash_attn_ext_tiled): only K and V lose precision.
-            k, v = _f16_round(k), _f16_round(v)
-        # the scale goes on q (T*hd values) rather than on the scores (T*T): same up to rounding
-        # (gemma and phi3 scale Q in the graph itself)
-        q = q * np.float32(cfg.kq_scale)
-        sinks = self.weight(p + "attn_sinks.weight") if p + "attn_sinks.weight" in self.tensors else None
-        window = cfg.n_swa if swa and not arch.swa_chunked else 0
-        chunk = cfg.n_swa if swa and arch.swa_chunked else 0
-        attn = attention(q, k, v, BLAS, window=window, softcap=cfg.attn_softcap, sinks=sinks,
-                         chunk=chunk)  # (T, n_head*hd)
-        out = self._matmul(attn, p + "attn_output", observe)
-        if arch.norm_post:
-            out = rms_norm(out, self.weight(p + "post_attention_norm.weight"), cfg.rms_eps)
-        if cfg.residual_scale:
-            out = out * np.float32(cfg.residual_scale)
-        return out
-
-    def _ffn_block(self, x: np.ndarray, il: int, observe) -> np.ndarray:
-        cfg, arch = self.cfg, self.arch
-        p = f"blk.{il}."
-        h = rms_norm(x, self.weight(p + arch.ffn_norm + ".weight"), cfg.rms_eps) if arch.norm_in else x
-        if cfg.is_moe(il) and cfg.moe.shared == "gemma4":
-            out = self._gemma4_moe(x, h, p, observe)
-        elif cfg.is_moe(il):
-            out = self._moe(h, p, observe)
-        elif arch.ffn == "fused":  # phi3: ffn_up gives gate and up halves (ggml_swiglu)
-            gate, up = np.split(self._matmul(h, p + "ffn_up", observe), 2, axis=1)
-            out = self._matmul(ACTIVATIONS["silu"](gate, up), p + "ffn_down", observe)
-        else:
-            out = self._dense_ffn(h, p, "", arch.ffn, observe)
-        if arch.norm_post:
-            out = rms_norm(out, self.weight(p + "post_ffw_norm.weight"), cfg.rms_eps)
-        if cfg.residual_scale:
-            out = out * np.float32(cfg.residual_scale)
-        return out
-
-    def _dense_ffn(self, h: np.ndarray, p: str, suffix: str, act: str, observe) -> np.ndarray:
-        gate = self._matmul(h, p + "ffn_gate" + suffix, observe)
-        up = self._matmul(h, p + "ffn_up" + suffix, observe)
-        return self._matmul(ACTIVATIONS[act](gate, up), p + "ffn_down" + suffix, observe)
-
-    def _gemma4_moe(self, x: np.ndarray, h: np.ndarray, p: str, observe) -> np.ndarray:
-        """gemma4's MoE layer: a dense GeGLU FFN on ffn_norm(x) and the experts on pre_ffw_norm_2(x),
-        each through its own post norm, added; the router reads rms_norm(x) / sqrt(n_embd) * scale."""
-        cfg = self.cfg
-        mlp = rms_norm(self._dense_ffn(h, p, "", "gelu", observe), self.weight(p + "post_ffw_norm_1.weight"), cfg.rms_eps)
-        h2 = rms_norm(x, self.weight(p + "pre_ffw_norm_2.weight"), cfg.rms_eps)
-        r = rms_norm(x, None, cfg.rms_eps) * np.float32(1.0 / np.sqrt(np.float32(cfg.n_embd)))
-        logits = self._matmul(r * self.weight(p + "ffn_gate_inp.scale"), p + "ffn_gate_inp", observe)
-        moe = self._moe(h2, p, observe, logits)
-        return mlp + rms_norm(moe, self.weight(p + "post_ffw_norm_2.weight"), cfg.rms_eps)
-
-    def _moe(self, h: np.ndarray, p: str, observe, logits: Optional[np.ndarray] = None) -> np.ndarray:
-        """build_moe_ffn: route each token to n_expert_used experts, run each expert on its rows
-        (one expert's weights in float32 at a time), add the weighted outputs in slot order.
-        `logits`: the router's output when the family computes it itself (gemma4)."""
-        cfg, moe = self.cfg, self.cfg.moe
-        T, n_embd = h.shape
-        n_exp, n_used = cfg.n_expert, cfg.n_expert_used
-        if logits is None:
-            logits = self._matmul(h, p + "ffn_gate_inp", observe)  # (T, n_expert), + bias (gpt-oss)
-        down_scale = self.optional(p + "ffn_down_exps.scale")  # (n_expert,): per-expert output scale (gemma4)
-        sel, w = route(logits, n_used, moe.gating, moe.norm_w, cfg.expert_weights_scale,
-                       self.optional(p + "exp_probs_b.bias"), moe.select_logits)  # (T, n_used)
-        outs = np.zeros((n_used, T, n_embd), dtype=np.float32)
-        merged = p + "ffn_gate_up_exps.weight" in self.tensors
-        act = ACTIVATIONS[moe.act]
-        # rows grouped by expert, each group slot-major then by token, as llama-imatrix walks the ids
-        order = np.argsort(sel.T.reshape(-1), kind="stable")
-        bounds = np.searchsorted(sel.T.reshape(-1)[order], np.arange(n_exp + 1))
-        for e in range(n_exp):
-            rows = order[bounds[e]:bounds[e + 1]]
-            if len(rows) == 0:
-                continue
-            slot, tok = np.divmod(rows, T)
-            xe = h[tok]  # (n_e, n_embd)
-            if moe.weight_before:  # llama4: the experts see their inputs already weighted
-                xe = xe * w[tok, slot][:, None]
-            if merged:
-                gate, up = np.split(self._matmul(xe, p + "ffn_gate_up_exps", observe, (e, n_exp)), 2, axis=1)
-            else:
-                up = self._matmul(xe, p + "ffn_up_exps", observe, (e, n_exp))
-                gate = self._matmul(xe, p + "ffn_gate_exps", observe, (e, n_exp))
-            down = self._matmul(act(gate, up), p + "ffn_down_exps", observe, (e, n_exp))  # (n_e, n_embd)
-            if down_scale is not None:
-                down = down * down_scale[e]
-            outs[slot, tok] = down if moe.weight_before else down * w[tok, slot][:, None]
-        out = outs[0]
-        for s in range(1, n_used):  # ggml adds the experts' views one slot at a time
-            out = out + outs[s]
-        if moe.shared == "gated":  # qwen2moe: a shared expert, gated by sigmoid(x . w) (as silu(g)/g)
-            g = self._matmul(h, p + "ffn_gate_inp_shexp", observe)  # (T, 1)
-            gate = (g / (np.float32(1.0) + np.exp(-g))) / g
-            out = out + self._dense_ffn(h, p, "_shexp", "silu", observe) * gate
-        elif moe.shared == "plain" and cfg.n_expert_shared:
-            out = out + self._dense_ffn(h, p, "_shexp", "silu", observe)
-        elif moe.shared == "sigmoid" and p + "ffn_up_shexp.weight" in self.tensors:
-            shexp = self._dense_ffn(h, p, "_shexp", "silu", observe)
-            g = self._matmul(h, p + "ffn_gate_inp_shexp", observe)  # (T, 1)
-            out = out + shexp * (np.float32(1.0) / (np.float32(1.0) + np.exp(-g)))
-        return out
 
 
 def check_shapes(cfg: Config, tensors: dict) -> None:

@@ -255,3 +255,30 @@ def test_bad_weights_stop_the_batch_as_a_single_run(tmp_path, tensor, index, val
     result = run("convert", src, "--types", types, "-o", out / "{type}.gguf", "-q")
     assert result.exit_code == 1 and result.output == single.output
     assert list(out.iterdir()) == []
+
+
+def test_interrupt_on_a_worker_thread_leaves_nothing(tmp_path, small, monkeypatch):
+    """Ctrl-C reaching a kernel task on the pool ends the batch as it ends a single run: exit 130,
+    previous outputs untouched, no temporary files, the pool's threads gone."""
+    import threading
+
+    import kernels
+    import quantize_cli.convert as conv
+
+    calls = {"n": 0}
+    real = kernels.quantize
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    (tmp_path / "Q8_0.gguf").write_bytes(b"previous contents")
+    monkeypatch.setattr(kernels, "quantize", flaky)
+    monkeypatch.setattr(conv, "SLAB_BYTES", 16 << 10)
+    result = run("convert", small, "--types", "Q4_K_M,Q8_0", "-o", tmp_path / "{type}.gguf", "-t", "2")
+    assert result.exit_code == 130, result.output
+    assert (tmp_path / "Q8_0.gguf").read_bytes() == b"previous contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Q8_0.gguf"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("quantize")]

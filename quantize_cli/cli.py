@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 from pathlib import Path
@@ -45,9 +44,10 @@ class _LazyGroup(TyperGroup):
 
 
 def _lazy_exists(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(LAZY_COMMANDS[name][0]) is not None
+    # a file check, not importlib's find_spec: that imports the command's parent package
+    # (quantize_cli.imatrix, quantize_cli.eval), which --help does not need
+    parts = LAZY_COMMANDS[name][0].split(".")[1:]
+    return Path(__file__).parent.joinpath(*parts).with_suffix(".py").is_file()
 
 
 def _build_lazy(name: str, rich_markup_mode):
@@ -296,6 +296,8 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
         result = conv.convert(src, out, options, imatrix_input, threads or nthreads, source=source, target=target,
                               log=log)
     if json_out:
+        import json
+
         typer.echo(json.dumps(_result_json(result), indent=2))
     elif not quiet:
         _print_summary(result, console)
@@ -380,6 +382,8 @@ def _print_plan(plan, json_out: bool) -> None:
 
     doc = plan_to_json(plan)
     if json_out:
+        import json
+
         typer.echo(json.dumps(doc, indent=2))
         return
     from rich.table import Table
@@ -407,6 +411,8 @@ def inspect_cmd(
     """Metadata, tensors, types, sizes and bits per weight of a GGUF file (of two: a per-tensor diff)."""
     if len(files) > 2:
         fail("give one FILE, or two to compare", 2)
+    import json
+
     try:
         from .inspect import describe, diff, render_diff, render_markdown, render_rich
 
@@ -434,6 +440,8 @@ def types_cmd(
     from .plan import FILE_TYPES
 
     if json_out:
+        import json
+
         typer.echo(json.dumps([{"name": name, "ftype": ftype, "description": description.strip()}
                                for name, (ftype, description) in FILE_TYPES.items()], indent=2))
         return

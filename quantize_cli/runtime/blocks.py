@@ -100,13 +100,21 @@ def _window_mask(r0: int, r1: int, c0: int, window: int) -> np.ndarray:
     return np.where((j > i) | (i - j >= window), np.float32(-np.inf), np.float32(0))
 
 
+def _chunk_mask(r0: int, r1: int, c0: int, chunk: int) -> np.ndarray:
+    """-inf where query i may not see key j: j > i or j before i's chunk (LLAMA_SWA_TYPE_CHUNKED)."""
+    i = np.arange(r0, r1)[:, None]
+    j = np.arange(c0, r1)[None, :]
+    return np.where((j > i) | (j < (i // chunk) * chunk), np.float32(-np.inf), np.float32(0))
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, blas=None, window: int = 0, softcap: float = 0.0,
-              sinks: Optional[np.ndarray] = None, block: int = 128) -> np.ndarray:
+              sinks: Optional[np.ndarray] = None, block: int = 128, chunk: int = 0) -> np.ndarray:
     """Causal grouped-query attention; q (T, n_head, hd) already scaled, k (T, n_kv, hd), v (T, n_kv, hd_v).
 
     `window` > 0: sliding-window layer. `softcap` > 0: scores -> cap * tanh(scores / cap) (gemma2).
     `sinks` (n_head,): a per-head logit that joins the softmax's denominator only (gpt-oss; ggml
-    soft_max's src2). Queries go in blocks of `block` rows, each against only the keys it can see,
+    soft_max's src2). `chunk` > 0: chunked layer (llama4), keys from the query's chunk only.
+    Queries go in blocks of `block` rows, each against only the keys it can see,
     so the masked part of the score matrix is never computed."""
     T, n_head, hd = q.shape
     n_kv, hd_v = k.shape[1], v.shape[2]
@@ -121,13 +129,16 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, blas=None, window: in
         blas.for_flops(4.0 * group * block * min(T, window or T) * hd)
     for r0 in range(0, T, block):
         r1 = min(T, r0 + block)
-        c0 = max(0, r0 - window + 1) if window > 0 else 0
-        mask = _window_mask(r0, r1, c0, window) if window > 0 else _causal_mask(r1 - r0)
+        c0 = max(0, r0 - window + 1) if window > 0 else (r0 // chunk) * chunk if chunk > 0 else 0
+        if chunk > 0:
+            mask = _chunk_mask(r0, r1, c0, chunk)
+        else:
+            mask = _window_mask(r0, r1, c0, window) if window > 0 else _causal_mask(r1 - r0)
         for j in range(n_kv):  # one KV head and the `group` query heads that share it
             scores = q[j, :, r0:r1] @ kt[j, :, c0:r1]  # (group, B, r1 - c0)
             if softcap > 0:
                 scores = np.tanh(scores * np.float32(1.0 / softcap)) * np.float32(softcap)
-            if window > 0:
+            if window > 0 or chunk > 0:
                 scores += mask
             else:  # only the diagonal block has keys in the future
                 scores[:, :, r0:] += mask
@@ -142,6 +153,37 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, blas=None, window: in
             out[j, :, r0:r1] = (scores @ v[j, c0:r1]) / total
     # head h = j * group + g, as ggml broadcasts K/V over query heads
     return np.ascontiguousarray(out.reshape(n_head, T, hd_v).transpose(1, 0, 2)).reshape(T, n_head * hd_v)
+
+
+# --- linear attention (qwen35) ----------------------------------------------------------------------
+
+def causal_conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ggml_ssm_conv from a zero state: x (T, channels), w (channels, d_conv);
+    out[t] = sum_k x[t + k - (d_conv - 1)] * w[:, k], the taps added in order."""
+    T, d_conv = x.shape[0], w.shape[1]
+    padded = np.concatenate([np.zeros((d_conv - 1, x.shape[1]), np.float32), x])
+    out = padded[0:T] * w[:, 0]
+    for k in range(1, d_conv):
+        out = out + padded[k:k + T] * w[:, k]
+    return out
+
+
+def gated_delta_net(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """ggml_gated_delta_net on the CPU, from a zero state: q, k (T, H, d_k), v (T, H, d_v), g and
+    beta (T, H). Per head a state S (d_k, d_v), token by token: S *= exp(g); delta = beta (v - k S);
+    S += k outer delta; out = (q S) / sqrt(d_v). Returns (T, H, d_v)."""
+    T, H, d_k = q.shape
+    d_v = v.shape[2]
+    decay = np.exp(g)
+    S = np.zeros((H, d_k, d_v), np.float32)
+    out = np.empty((T, H, d_v), np.float32)
+    scale = F32(1.0 / np.sqrt(np.float32(d_v)))
+    for t in range(T):
+        S *= decay[t][:, None, None]
+        delta = (v[t] - np.einsum("hi,hij->hj", k[t], S)) * beta[t][:, None]
+        S += k[t][:, :, None] * delta[:, None, :]
+        out[t] = np.einsum("hi,hij->hj", q[t], S) * scale
+    return out
 
 
 # --- FFN activations --------------------------------------------------------------------------------
@@ -189,12 +231,15 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e * (1.0 / e.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
 
 
-def route(logits: np.ndarray, n_used: int, gating: str, norm_w: bool, w_scale: float) -> tuple[np.ndarray, np.ndarray]:
+def route(logits: np.ndarray, n_used: int, gating: str, norm_w: bool, w_scale: float,
+          sel_bias: Optional[np.ndarray] = None, select_logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """build_moe_ffn's router: (selected experts (T, n_used) int, weights (T, n_used) float32).
 
     gating "softmax": top-k of softmax(logits), weights their probabilities; "softmax_weight"
     (gpt-oss): top-k of the logits, weights the softmax over the chosen k; "sigmoid": top-k of
-    sigmoid(logits). norm_w: weights divided by their sum (at least 2^-14)."""
+    sigmoid(logits). norm_w: weights divided by their sum (at least 2^-14). `sel_bias`
+    (n_expert,): added to the probabilities for the choice only (DeepSeek V3, GLM-4.5's exp_probs_b).
+    `select_logits`: the choice from the raw logits (llama4)."""
     if gating == "softmax":
         probs = softmax(logits)
     elif gating == "sigmoid":
@@ -202,7 +247,8 @@ def route(logits: np.ndarray, n_used: int, gating: str, norm_w: bool, w_scale: f
     else:
         probs = logits
     # ggml_argsort_top_k: descending; a stable sort keeps the lower index first on ties
-    sel = np.argsort(-probs, axis=-1, kind="stable")[:, :n_used]
+    choice = logits if select_logits else probs if sel_bias is None else probs + sel_bias
+    sel = np.argsort(-choice, axis=-1, kind="stable")[:, :n_used]
     w = np.take_along_axis(probs, sel, axis=-1)
     if gating == "softmax_weight":
         w = softmax(w)

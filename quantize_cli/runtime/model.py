@@ -22,8 +22,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from .arch import ARCHITECTURES, Config, ModelError, read_config, supported  # noqa: F401  (re-exported)
-from .blocks import (ACTIVATIONS, ROPE_NEOX, ROPE_NORM, apply_rope, attention, rms_norm,  # noqa: F401
-                     rope_cache, route)
+from .blocks import (ACTIVATIONS, ROPE_NEOX, ROPE_NORM, apply_rope, attention, causal_conv,  # noqa: F401
+                     gated_delta_net, rms_norm, rope_cache, route)
 
 # Observer of matmul inputs: (weight name, activations (n_tokens, n_in) float32[, expert]).
 # For an expert tensor the third argument is (expert index, n_expert) and the rows are the inputs
@@ -107,6 +107,18 @@ def _dequantize(ref, expert: Optional[int] = None) -> np.ndarray:
     return np.asarray(out, dtype=np.float32).reshape(shape)
 
 
+def _rows(ref, rows: np.ndarray) -> np.ndarray:
+    """Rows of a 2-D tensor as float32 (len(rows), ne0), dequantizing only those rows (get_rows)."""
+    from kernels.gguf_compat import GGML_QUANT_SIZES
+    from ..sources.base import TensorRef
+
+    block, size = GGML_QUANT_SIZES[ref.type]
+    row_bytes = int(ref.ne[0]) // block * size
+    blob = np.asarray(ref.load()).reshape(-1, row_bytes)[np.asarray(rows, dtype=np.int64)]
+    sub = TensorRef(name=ref.name, ne=(int(ref.ne[0]), len(rows)), type=ref.type, load=lambda: blob.reshape(-1))
+    return _dequantize(sub)
+
+
 class _Blas:
     """NumPy's BLAS thread count, switched per product: products under SMALL_FLOPS run on one
     thread, where waking and syncing more costs more than it saves (and much more on a busy
@@ -162,6 +174,9 @@ def set_threads(n: Optional[int]) -> int:
     return n
 
 
+F32 = np.float32
+
+
 def _f16_round(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).astype(np.float32)
 
@@ -177,7 +192,7 @@ class Model:
         self._check_tensors()
         tied = self.arch.tied_always or "output.weight" not in self.tensors
         self.output_name = "token_embd.weight" if tied else "output.weight"
-        if self.cfg.moe is None and self.arch.ffn != "fused":
+        if self.cfg.moe is None and self.arch.ffn != "fused" and self.arch.attn == "gqa":
             check_shapes(self.cfg, self.tensors)
         self.weight_budget = weight_budget
         self._cache: dict = {}
@@ -192,22 +207,45 @@ class Model:
         cfg, arch = self.cfg, self.arch
         self._require("token_embd.weight")
         self._require("output_norm.weight")
+        if cfg.n_embd_per_layer:
+            for name in ("per_layer_token_embd", "per_layer_model_proj", "per_layer_proj_norm"):
+                self._require(name + ".weight")
         for il in range(cfg.n_layer):
             p = f"blk.{il}."
             need = ["attn_norm", arch.ffn_norm] if arch.norm_in else []
             need += ["attn_output"]
             if arch.norm_post:
                 need += ["post_attention_norm", "post_ffw_norm"]
-            if arch.qk_norm:
-                need += ["attn_q_norm", "attn_k_norm"]
-            if p + "attn_qkv.weight" not in self.tensors:
-                need += ["attn_q", "attn_k", "attn_v"]
-            if cfg.moe is not None:
+            own_kv = cfg.kv_source(il) == il
+            if arch.qk_norm in ("head", "full") and not arch.qk_norm_optional:
+                need += ["attn_q_norm"] + (["attn_k_norm"] if own_kv else [])
+            if arch.attn == "hybrid" and cfg.recurrent_layers[il]:
+                need = [n for n in need if n != "attn_output"]
+                need += ["attn_qkv", "attn_gate", "ssm_beta", "ssm_alpha", "ssm_norm", "ssm_out", "ssm_conv1d"]
+                self._require(p + "ssm_dt.bias")
+                self._require(p + "ssm_a")
+                need = [n for n in need if n not in ("attn_q_norm", "attn_k_norm")]
+            elif arch.attn == "mla":
+                need += (["attn_q_a", "attn_q_a_norm", "attn_q_b"] if cfg.n_lora_q else ["attn_q"])
+                need += ["attn_kv_a_mqa", "attn_kv_a_norm", "attn_k_b", "attn_v_b"]
+            elif p + "attn_qkv.weight" not in self.tensors:
+                # gemma4: layers sharing an earlier layer's KV have no K/V; a missing attn_v means V = K
+                need += ["attn_q"] + (["attn_k"] if own_kv else []) + (["attn_v"] if own_kv and not arch.v_norm else [])
+            if cfg.n_embd_per_layer:
+                need += ["inp_gate", "proj", "post_norm"]
+            if cfg.is_moe(il):
                 need += ["ffn_gate_inp", "ffn_down_exps"]
                 if p + "ffn_gate_up_exps.weight" not in self.tensors:
                     need += ["ffn_up_exps", "ffn_gate_exps"]
                 if cfg.moe.shared == "gated":
                     need += ["ffn_gate_inp_shexp", "ffn_up_shexp", "ffn_gate_shexp", "ffn_down_shexp"]
+                if cfg.moe.shared == "plain" and cfg.n_expert_shared:
+                    need += ["ffn_up_shexp", "ffn_gate_shexp", "ffn_down_shexp"]
+                if cfg.moe.shared == "sigmoid" and p + "ffn_up_shexp.weight" in self.tensors:
+                    need += ["ffn_gate_inp_shexp", "ffn_gate_shexp", "ffn_down_shexp"]
+                if cfg.moe.shared == "gemma4":
+                    need += ["ffn_gate", "ffn_up", "ffn_down", "pre_ffw_norm_2", "post_ffw_norm_1", "post_ffw_norm_2"]
+                    self._require(p + "ffn_gate_inp.scale")
             else:
                 need += ["ffn_up", "ffn_down"] + ([] if arch.ffn == "fused" else ["ffn_gate"])
             if arch.sinks:
@@ -273,15 +311,22 @@ class Model:
             raise ModelError(f"token id out of range for a vocabulary of {cfg.n_vocab}")
         T = len(tokens)
         ropes = self._rope_tables(T)
+        ropes["kv"] = {}  # layer -> its (K, V) after norms and RoPE, for layers that share them
 
         x = self.weight("token_embd.weight")[tokens]  # (T, n_embd)
         if self.arch.embd_scale_sqrt:
             x = x * np.float32(np.sqrt(np.float32(cfg.n_embd)))
         elif cfg.embd_scale:
             x = x * np.float32(cfg.embd_scale)
+        per_layer = self._per_layer_inputs(x, tokens) if cfg.n_embd_per_layer else None
         for il in range(cfg.n_layer):
             x = x + self._attention_block(x, il, ropes, observe)
             x = x + self._ffn_block(x, il, observe)
+            if per_layer is not None:
+                x = x + self._per_layer_embedding(x, il, per_layer[:, il], observe)
+            scale = self.optional(f"blk.{il}.layer_output_scale.weight")
+            if scale is not None:
+                x = x * scale
             if not np.isfinite(x).all():
                 raise ModelError(f"non-finite activations (NaN or Inf) after layer {il} (blk.{il}); "
                                  "the model weights are probably damaged")
@@ -305,6 +350,26 @@ class Model:
             out = np.tanh(out * np.float32(1.0 / cfg.final_softcap)) * np.float32(cfg.final_softcap)
         return out
 
+    def _per_layer_inputs(self, x: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """gemma4's project_per_layer_inputs: (T, n_layer, n_embd_per_layer), from the scaled
+        embeddings projected per layer and the per-layer token embeddings."""
+        cfg = self.cfg
+        T, n_pl = len(tokens), cfg.n_embd_per_layer
+        proj = self._matmul(x, "per_layer_model_proj", None) * np.float32(1.0 / np.sqrt(np.float32(cfg.n_embd)))
+        proj = rms_norm(proj.reshape(T, cfg.n_layer, n_pl), self.weight("per_layer_proj_norm.weight"), cfg.rms_eps)
+        # per_layer_token_embd is (n_vocab, n_layer * n_pl), 2.3 G values in E2B: only the chunk's rows
+        emb = _rows(self.tensors["per_layer_token_embd.weight"], tokens).reshape(T, cfg.n_layer, n_pl)
+        emb = emb * np.float32(np.sqrt(np.float32(n_pl)))
+        return (proj + emb) * np.float32(1.0 / np.sqrt(np.float32(2.0)))
+
+    def _per_layer_embedding(self, x: np.ndarray, il: int, inp: np.ndarray, observe) -> np.ndarray:
+        """gemma4: gelu(x W_gate) * this layer's input -> proj -> RMSNorm, added to the residual."""
+        p = f"blk.{il}."
+        g = self._matmul(x, p + "inp_gate", observe)  # (T, n_embd_per_layer)
+        g = ACTIVATIONS["gelu"](g, np.ones_like(g)) * inp  # ggml_gelu: the same fp16 table as GeGLU
+        out = self._matmul(g, p + "proj", observe)
+        return rms_norm(out, self.weight(p + "post_norm.weight"), self.cfg.rms_eps)
+
     def _rounded(self, x: np.ndarray, weight_name: str) -> np.ndarray:
         """x as llama.cpp's CPU backend feeds it to a product with this weight (act_rounding on)."""
         if not self.act_rounding:
@@ -325,43 +390,156 @@ class Model:
         tables = {"full": rope_cache(T, cfg.n_rot, cfg.rope_base, cfg.rope_freq_scale, factors,
                                      cfg.ext_factor, cfg.attn_factor, **common)}
         if any(cfg.swa_layers):
-            if self.arch.swa_rope == "plain":  # olmo3: SWA layers without YaRN
-                tables["swa"] = rope_cache(T, cfg.n_rot, cfg.rope_base, 1.0, None, 0.0, 1.0, **common)
+            if self.arch.swa_rope == "same":  # llama4: rope_freq_base/scale_train_swa = the full ones
+                tables["swa"] = tables["full"]
+            elif self.arch.swa_rope == "plain":  # olmo3: SWA layers without YaRN
+                tables["swa"] = rope_cache(T, cfg.n_rot_swa, cfg.rope_base, 1.0, None, 0.0, 1.0, **common)
             else:  # get_rope_freq_base / _scale of an SWA layer
-                tables["swa"] = rope_cache(T, cfg.n_rot, cfg.rope_base_swa, cfg.rope_scale_swa, None,
+                tables["swa"] = rope_cache(T, cfg.n_rot_swa, cfg.rope_base_swa, cfg.rope_scale_swa, None,
                                            cfg.ext_factor, cfg.attn_factor, **common)
         if cfg.attn_temp_scale:  # llama4-style attention temperature (mistral3)
             pos = np.arange(T, dtype=np.float64)
-            scale = np.log(np.floor(pos / cfg.attn_temp_floor) + 1.0) * cfg.attn_temp_scale + 1.0
+            scale = np.log(np.floor((pos + cfg.attn_temp_offset) / cfg.attn_temp_floor) + 1.0) * cfg.attn_temp_scale + 1.0
             tables["temp"] = scale.astype(np.float32)[:, None, None]
         return tables
 
-    def _attention_block(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
-        cfg, arch = self.cfg, self.arch
+    def _mla_attention(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
+        """deepseek2's MLA as llama.cpp runs it (absorbed): Q's no-RoPE part goes through each head's
+        wk_b into the latent space, attention is MQA over the normed latent KV (plus the shared RoPE
+        key), each head's output is decompressed by its wv_b. wk_b / wv_b are 3-D (one matrix per
+        head): llama-imatrix sums their inputs per head under one count."""
+        cfg = self.cfg
+        p = f"blk.{il}."
+        T, n_head, n_rot, r = x.shape[0], cfg.n_head, cfg.n_rot, cfg.n_lora_kv
+        nope = cfg.head_dim_k_mla - n_rot
+        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
+        if cfg.n_lora_q:
+            q = rms_norm(self._matmul(h, p + "attn_q_a", observe), self.weight(p + "attn_q_a_norm.weight"), cfg.rms_eps)
+            q = self._matmul(q, p + "attn_q_b", observe)
+        else:
+            q = self._matmul(h, p + "attn_q", observe)
+        q = q.reshape(T, n_head, cfg.head_dim_k_mla)
+        kv = self._matmul(h, p + "attn_kv_a_mqa", observe)  # (T, r + n_rot)
+        cos, sin = ropes["full"]
+        k_pe = apply_rope(kv[:, None, r:], cos, sin, n_rot, cfg.rope_type)  # (T, 1, n_rot)
+        kv_cmpr = rms_norm(kv[:, :r], self.weight(p + "attn_kv_a_norm.weight"), cfg.rms_eps)  # (T, r)
+        q_pe = apply_rope(np.ascontiguousarray(q[:, :, nope:]), cos, sin, n_rot, cfg.rope_type)
+        q_nope = np.ascontiguousarray(q[:, :, :nope].transpose(1, 0, 2))  # (n_head, T, nope)
+        if observe is not None:  # one wide row per token: head h's input at columns h*nope..
+            observe(p + "attn_k_b", np.ascontiguousarray(q_nope.transpose(1, 0, 2)).reshape(T, n_head * nope))
+        q_abs = np.stack([q_nope[hh] @ self.weight(p + "attn_k_b.weight", hh).T for hh in range(n_head)], axis=1)
+        qc = np.concatenate([q_abs, q_pe], axis=2)  # (T, n_head, r + n_rot)
+        kc = np.concatenate([kv_cmpr[:, None, :], k_pe], axis=2)  # (T, 1, r + n_rot)
+        if "temp" in ropes:
+            qc = qc * ropes["temp"]
+        qc = qc * np.float32(cfg.kq_scale)
+        lat = attention(qc, kc, kv_cmpr[:, None, :], BLAS).reshape(T, n_head, r)
+        lat = np.ascontiguousarray(lat.transpose(1, 0, 2))  # (n_head, T, r)
+        if observe is not None:
+            observe(p + "attn_v_b", np.ascontiguousarray(lat.transpose(1, 0, 2)).reshape(T, n_head * r))
+        out = np.stack([lat[hh] @ self.weight(p + "attn_v_b.weight", hh).T for hh in range(n_head)], axis=1)
+        return self._matmul(out.reshape(T, n_head * cfg.head_dim_v_mla), p + "attn_output", observe)
+
+    def _delta_net(self, x: np.ndarray, il: int, observe) -> np.ndarray:
+        """qwen35's gated delta-net layer (build_layer_attn_linear, ggml_gated_delta_net on the CPU):
+        conv over time of [Q K V], SiLU, L2-normed Q/K; per value head h (Q/K head h % n_k_heads) a
+        state S (d_k, d_v): S *= exp(g); S += k (beta (v - k S)); out = q S / sqrt(d_v); then
+        RMSNorm(out) * silu(z) per head and ssm_out."""
+        cfg = self.cfg
         p = f"blk.{il}."
         T = x.shape[0]
-        hd, n_head, n_kv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+        dk, n_k, n_v = cfg.ssm_d_state, cfg.ssm_n_group, cfg.ssm_dt_rank
+        dv = cfg.ssm_d_inner // n_v
+        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
+        qkv = self._matmul(h, p + "attn_qkv", observe)  # (T, 2 n_k dk + n_v dv)
+        z = self._matmul(h, p + "attn_gate", observe)  # (T, n_v dv)
+        beta = self._matmul(h, p + "ssm_beta", observe)
+        beta = F32(1.0) / (F32(1.0) + np.exp(-beta))  # (T, n_v)
+        alpha = self._matmul(h, p + "ssm_alpha", observe) + self.weight(p + "ssm_dt.bias")
+        softplus = np.where(alpha > F32(20.0), alpha, np.log(F32(1.0) + np.exp(np.minimum(alpha, F32(20.0)))))
+        g = softplus.astype(np.float32) * self.weight(p + "ssm_a")  # (T, n_v): -exp(A_log) * softplus
+        conv = causal_conv(qkv, self.weight(p + "ssm_conv1d.weight"))
+        conv = conv / (F32(1.0) + np.exp(-conv))  # SiLU
+        q = conv[:, :n_k * dk].reshape(T, n_k, dk)
+        k = conv[:, n_k * dk:2 * n_k * dk].reshape(T, n_k, dk)
+        v = conv[:, 2 * n_k * dk:].reshape(T, n_v, dv)
+
+        def l2(a):  # build_gdn_l2_norm: rms_norm(a, eps/n) / sqrt(n)
+            return rms_norm(a, None, cfg.rms_eps / a.shape[-1]) * F32(1.0 / np.sqrt(np.float32(a.shape[-1])))
+
+        heads = np.arange(n_v) % n_k
+        out = gated_delta_net(l2(q)[:, heads], l2(k)[:, heads], v, g, beta)  # (T, n_v, dv)
+        zz = z.reshape(T, n_v, dv)
+        out = rms_norm(out, self.weight(p + "ssm_norm.weight"), cfg.rms_eps) * (zz / (F32(1.0) + np.exp(-zz)))
+        return self._matmul(out.reshape(T, n_v * dv), p + "ssm_out", observe)
+
+    def _gated_attention(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
+        """qwen35's full-attention layer: Q projection of [q, gate] per head, Q/K norms, RoPE,
+        attention, times sigmoid(gate), wo."""
+        cfg = self.cfg
+        p = f"blk.{il}."
+        T = x.shape[0]
+        n_head, n_kv, hd, n_rot = cfg.layer_heads(il)
+        h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps)
+        qg = self._matmul(h, p + "attn_q", observe).reshape(T, n_head, 2 * hd)
+        q, gate = qg[:, :, :hd], qg[:, :, hd:].reshape(T, n_head * hd)
+        k = self._matmul(h, p + "attn_k", observe).reshape(T, n_kv, hd)
+        v = self._matmul(h, p + "attn_v", observe).reshape(T, n_kv, hd)
+        q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
+        k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
+        cos, sin = ropes["full"]
+        q = apply_rope(q, cos, sin, n_rot, cfg.rope_type) * np.float32(cfg.kq_scale)
+        k = apply_rope(k, cos, sin, n_rot, cfg.rope_type)
+        attn = attention(q, k, v, BLAS) * (F32(1.0) / (F32(1.0) + np.exp(-gate)))
+        return self._matmul(attn, p + "attn_output", observe)
+
+    def _attention_block(self, x: np.ndarray, il: int, ropes: dict, observe) -> np.ndarray:
+        cfg, arch = self.cfg, self.arch
+        if arch.attn == "mla":
+            return self._mla_attention(x, il, ropes, observe)
+        if arch.attn == "hybrid":
+            return self._delta_net(x, il, observe) if cfg.recurrent_layers[il] else self._gated_attention(x, il, ropes, observe)
+        p = f"blk.{il}."
+        T = x.shape[0]
+        n_head, n_kv, hd, n_rot = cfg.layer_heads(il)
+        own_kv = cfg.kv_source(il) == il
         h = rms_norm(x, self.weight(p + "attn_norm.weight"), cfg.rms_eps) if arch.norm_in else x
+        k = v = None
         if p + "attn_qkv.weight" in self.tensors:
             qkv = self._matmul(h, p + "attn_qkv", observe)
             q, k, v = np.split(qkv, [n_head * hd, n_head * hd + n_kv * hd], axis=1)
         else:
             q = self._matmul(h, p + "attn_q", observe)
-            k = self._matmul(h, p + "attn_k", observe)
-            v = self._matmul(h, p + "attn_v", observe)
+            if own_kv:
+                k = self._matmul(h, p + "attn_k", observe)
+                v = self._matmul(h, p + "attn_v", observe) if p + "attn_v.weight" in self.tensors else k
         if arch.qk_norm == "full":  # olmo2: one norm over all heads
             q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
             k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
-        q, k, v = q.reshape(T, n_head, hd), k.reshape(T, n_kv, hd), v.reshape(T, n_kv, hd)
-        if arch.qk_norm == "head":
+        q = q.reshape(T, n_head, hd)
+        qk_norm = arch.qk_norm == "head" and (not arch.qk_norm_optional or p + "attn_q_norm.weight" in self.tensors)
+        if qk_norm:
             q = rms_norm(q, self.weight(p + "attn_q_norm.weight"), cfg.rms_eps)
-            k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
         swa = cfg.swa_layers[il]
-        if not (arch.no_rope_step and (il + 1) % arch.no_rope_step == 0):
+        rope = not (cfg.no_rope_step and (il + 1) % cfg.no_rope_step == 0)
+        if rope:
             cos, sin = ropes["swa" if swa else "full"]
-            q = apply_rope(q, cos, sin, cfg.n_rot, cfg.rope_type)  # (T, n_head, hd)
-            k = apply_rope(k, cos, sin, cfg.n_rot, cfg.rope_type)  # (T, n_kv, hd)
-        if "temp" in ropes:
+            q = apply_rope(q, cos, sin, n_rot, cfg.rope_type)  # (T, n_head, hd)
+        if own_kv:
+            k, v = k.reshape(T, n_kv, hd), v.reshape(T, n_kv, hd)
+            if qk_norm:
+                k = rms_norm(k, self.weight(p + "attn_k_norm.weight"), cfg.rms_eps)
+            if arch.v_norm:
+                v = rms_norm(v, None, cfg.rms_eps)
+            if rope:
+                k = apply_rope(k, cos, sin, n_rot, cfg.rope_type)  # (T, n_kv, hd)
+            if arch.qk_norm == "l2" and rope and cfg.use_kq_norm:  # llama4's Llama4TextL2Norm
+                q, k = rms_norm(q, None, cfg.rms_eps), rms_norm(k, None, cfg.rms_eps)
+            if cfg.n_kv_shared:
+                ropes["kv"][il] = (k, v)
+        else:  # the KV cache of an earlier layer of the same kind (gemma4)
+            k, v = ropes["kv"][cfg.kv_source(il)]
+        if "temp" in ropes and not (arch.temp_nope_only and rope):
             q = q * ropes["temp"]
         if self.kv_f16:
             # llama.cpp's default: F16 K/V cache read by its tiled flash attention, which
@@ -372,8 +550,10 @@ class Model:
         # (gemma and phi3 scale Q in the graph itself)
         q = q * np.float32(cfg.kq_scale)
         sinks = self.weight(p + "attn_sinks.weight") if p + "attn_sinks.weight" in self.tensors else None
-        attn = attention(q, k, v, BLAS, window=cfg.n_swa if swa else 0, softcap=cfg.attn_softcap,
-                         sinks=sinks)  # (T, n_head*hd)
+        window = cfg.n_swa if swa and not arch.swa_chunked else 0
+        chunk = cfg.n_swa if swa and arch.swa_chunked else 0
+        attn = attention(q, k, v, BLAS, window=window, softcap=cfg.attn_softcap, sinks=sinks,
+                         chunk=chunk)  # (T, n_head*hd)
         out = self._matmul(attn, p + "attn_output", observe)
         if arch.norm_post:
             out = rms_norm(out, self.weight(p + "post_attention_norm.weight"), cfg.rms_eps)
@@ -385,7 +565,9 @@ class Model:
         cfg, arch = self.cfg, self.arch
         p = f"blk.{il}."
         h = rms_norm(x, self.weight(p + arch.ffn_norm + ".weight"), cfg.rms_eps) if arch.norm_in else x
-        if cfg.moe is not None:
+        if cfg.is_moe(il) and cfg.moe.shared == "gemma4":
+            out = self._gemma4_moe(x, h, p, observe)
+        elif cfg.is_moe(il):
             out = self._moe(h, p, observe)
         elif arch.ffn == "fused":  # phi3: ffn_up gives gate and up halves (ggml_swiglu)
             gate, up = np.split(self._matmul(h, p + "ffn_up", observe), 2, axis=1)
@@ -403,14 +585,29 @@ class Model:
         up = self._matmul(h, p + "ffn_up" + suffix, observe)
         return self._matmul(ACTIVATIONS[act](gate, up), p + "ffn_down" + suffix, observe)
 
-    def _moe(self, h: np.ndarray, p: str, observe) -> np.ndarray:
+    def _gemma4_moe(self, x: np.ndarray, h: np.ndarray, p: str, observe) -> np.ndarray:
+        """gemma4's MoE layer: a dense GeGLU FFN on ffn_norm(x) and the experts on pre_ffw_norm_2(x),
+        each through its own post norm, added; the router reads rms_norm(x) / sqrt(n_embd) * scale."""
+        cfg = self.cfg
+        mlp = rms_norm(self._dense_ffn(h, p, "", "gelu", observe), self.weight(p + "post_ffw_norm_1.weight"), cfg.rms_eps)
+        h2 = rms_norm(x, self.weight(p + "pre_ffw_norm_2.weight"), cfg.rms_eps)
+        r = rms_norm(x, None, cfg.rms_eps) * np.float32(1.0 / np.sqrt(np.float32(cfg.n_embd)))
+        logits = self._matmul(r * self.weight(p + "ffn_gate_inp.scale"), p + "ffn_gate_inp", observe)
+        moe = self._moe(h2, p, observe, logits)
+        return mlp + rms_norm(moe, self.weight(p + "post_ffw_norm_2.weight"), cfg.rms_eps)
+
+    def _moe(self, h: np.ndarray, p: str, observe, logits: Optional[np.ndarray] = None) -> np.ndarray:
         """build_moe_ffn: route each token to n_expert_used experts, run each expert on its rows
-        (one expert's weights in float32 at a time), add the weighted outputs in slot order."""
+        (one expert's weights in float32 at a time), add the weighted outputs in slot order.
+        `logits`: the router's output when the family computes it itself (gemma4)."""
         cfg, moe = self.cfg, self.cfg.moe
         T, n_embd = h.shape
         n_exp, n_used = cfg.n_expert, cfg.n_expert_used
-        logits = self._matmul(h, p + "ffn_gate_inp", observe)  # (T, n_expert), + bias (gpt-oss)
-        sel, w = route(logits, n_used, moe.gating, moe.norm_w, 0.0)  # (T, n_used)
+        if logits is None:
+            logits = self._matmul(h, p + "ffn_gate_inp", observe)  # (T, n_expert), + bias (gpt-oss)
+        down_scale = self.optional(p + "ffn_down_exps.scale")  # (n_expert,): per-expert output scale (gemma4)
+        sel, w = route(logits, n_used, moe.gating, moe.norm_w, cfg.expert_weights_scale,
+                       self.optional(p + "exp_probs_b.bias"), moe.select_logits)  # (T, n_used)
         outs = np.zeros((n_used, T, n_embd), dtype=np.float32)
         merged = p + "ffn_gate_up_exps.weight" in self.tensors
         act = ACTIVATIONS[moe.act]
@@ -423,13 +620,17 @@ class Model:
                 continue
             slot, tok = np.divmod(rows, T)
             xe = h[tok]  # (n_e, n_embd)
+            if moe.weight_before:  # llama4: the experts see their inputs already weighted
+                xe = xe * w[tok, slot][:, None]
             if merged:
                 gate, up = np.split(self._matmul(xe, p + "ffn_gate_up_exps", observe, (e, n_exp)), 2, axis=1)
             else:
                 up = self._matmul(xe, p + "ffn_up_exps", observe, (e, n_exp))
                 gate = self._matmul(xe, p + "ffn_gate_exps", observe, (e, n_exp))
             down = self._matmul(act(gate, up), p + "ffn_down_exps", observe, (e, n_exp))  # (n_e, n_embd)
-            outs[slot, tok] = down * w[tok, slot][:, None]
+            if down_scale is not None:
+                down = down * down_scale[e]
+            outs[slot, tok] = down if moe.weight_before else down * w[tok, slot][:, None]
         out = outs[0]
         for s in range(1, n_used):  # ggml adds the experts' views one slot at a time
             out = out + outs[s]
@@ -437,6 +638,12 @@ class Model:
             g = self._matmul(h, p + "ffn_gate_inp_shexp", observe)  # (T, 1)
             gate = (g / (np.float32(1.0) + np.exp(-g))) / g
             out = out + self._dense_ffn(h, p, "_shexp", "silu", observe) * gate
+        elif moe.shared == "plain" and cfg.n_expert_shared:
+            out = out + self._dense_ffn(h, p, "_shexp", "silu", observe)
+        elif moe.shared == "sigmoid" and p + "ffn_up_shexp.weight" in self.tensors:
+            shexp = self._dense_ffn(h, p, "_shexp", "silu", observe)
+            g = self._matmul(h, p + "ffn_gate_inp_shexp", observe)  # (T, 1)
+            out = out + shexp * (np.float32(1.0) / (np.float32(1.0) + np.exp(-g)))
         return out
 
 
@@ -444,11 +651,12 @@ def check_shapes(cfg: Config, tensors: dict) -> None:
     """llama.cpp's create_tensor check: every weight the forward pass uses has the shape the
     hyper-parameters give it ("tensor '...' has wrong shape"), so a lying file is one error line,
     not a NumPy broadcasting error halfway through a chunk."""
-    e, v, ff = cfg.n_embd, cfg.n_vocab, cfg.n_ff
-    q, kv = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+    e, v = cfg.n_embd, cfg.n_vocab
     want = {"token_embd.weight": (e, v), "output_norm.weight": (e,), "output.weight": (e, v)}
     for il in range(cfg.n_layer):
         p = f"blk.{il}."
+        n_head, n_kv, hd, _ = cfg.layer_heads(il)
+        q, kv, ff = n_head * hd, n_kv * hd, cfg.n_ff_arr[il]
         want.update({p + "attn_norm.weight": (e,), p + "ffn_norm.weight": (e,), p + "attn_q.weight": (e, q),
                      p + "attn_k.weight": (e, kv), p + "attn_v.weight": (e, kv), p + "attn_output.weight": (q, e),
                      p + "attn_qkv.weight": (e, q + 2 * kv), p + "ffn_gate.weight": (e, ff),

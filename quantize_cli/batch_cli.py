@@ -10,32 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import PlanError, UsageError
-
-
-def _options(ftype, ftype_name: str, a: dict):
-    """QuantizeOptions from the convert command's arguments (as cli._convert builds them)."""
-    from .plan import (QuantizeOptions, parse_override_kv, parse_prune_layers, parse_tensor_type,
-                       parse_tensor_type_option, read_tensor_type_file)
-
-    tensor_types = [parse_tensor_type_option(spec) for spec in a["tensor_type"]]
-    if a["tensor_type_file"] is not None:
-        tensor_types += read_tensor_type_file(a["tensor_type_file"])
-    return QuantizeOptions(
-        ftype=ftype,
-        only_copy=ftype_name == "COPY",
-        allow_requantize=a["allow_requantize"],
-        leave_output_tensor=a["leave_output_tensor"],
-        pure=a["pure"],
-        keep_split=a["keep_split"],
-        output_tensor_type=parse_tensor_type(a["output_tensor_type"]) if a["output_tensor_type"] else None,
-        token_embedding_type=parse_tensor_type(a["token_embedding_type"]) if a["token_embedding_type"] else None,
-        tensor_types=tensor_types,
-        prune_layers=parse_prune_layers(a["prune_layers"]) if a["prune_layers"] else [],
-        include_weights=list(a["include_weights"]),
-        exclude_weights=list(a["exclude_weights"]),
-        kv_overrides=[parse_override_kv(t) for t in a["override_kv"]],
-    )
+from .errors import UsageError
 
 
 def _targets(a: dict):
@@ -71,7 +46,7 @@ def _targets(a: dict):
 
 
 def convert_batch(**a) -> None:
-    from .cli import _open_hf, _quiet_helper_threads, _stderr_console
+    from .cli import _open_hf, _quiet_helper_threads, _stderr_console, check_weight_filters, quantize_options
 
     _quiet_helper_threads()
     from . import convert as conv
@@ -82,13 +57,10 @@ def convert_batch(**a) -> None:
         raise UsageError("--target-bpw/--target-size make one file: give IN OUT without --types/-o/--manifest/--skip-unchanged")
     if a["dry_run"]:
         raise UsageError("--dry-run shows one plan: give one TYPE, without --types/-o/--manifest/--skip-unchanged")
-    if a["include_weights"] and a["exclude_weights"]:
-        raise PlanError("--include-weights and --exclude-weights cannot be used together")
-    if (a["include_weights"] or a["exclude_weights"]) and not a["imatrix"]:
-        raise PlanError("--include-weights/--exclude-weights need --imatrix")
+    check_weight_filters(a["include_weights"], a["exclude_weights"], a["imatrix"])
     src, specs, nthreads = _targets(a)
     manifests = a["manifest"] is not False
-    targets = [Target(name, _options(ftype, name, a), dst) for ftype, name, dst in specs]
+    targets = [Target(name, quantize_options(ftype, name, a), dst) for ftype, name, dst in specs]
     option_docs = [mf.options_doc(t.type_name, t.options, a["imatrix"], a["no_vocab"]) for t in targets]
     imatrix_input = conv.load_imatrix_input(a["imatrix"]) if a["imatrix"] else None
 

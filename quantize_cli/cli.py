@@ -210,6 +210,41 @@ def _parse_positional(args: list[str]):
     return src, out, ftype, name, nthreads
 
 
+def check_weight_filters(include_weights, exclude_weights, imatrix) -> None:
+    from .errors import PlanError
+
+    if include_weights and exclude_weights:
+        raise PlanError("--include-weights and --exclude-weights cannot be used together")
+    if (include_weights or exclude_weights) and not imatrix:
+        raise PlanError("--include-weights/--exclude-weights need --imatrix")
+
+
+def quantize_options(ftype, ftype_name: str, a: dict):
+    """QuantizeOptions from the convert command's arguments (`a`: its parameters by name), for a
+    single run and for each type of a batch alike."""
+    from .plan import (QuantizeOptions, parse_override_kv, parse_prune_layers, parse_tensor_type,
+                       parse_tensor_type_option, read_tensor_type_file)
+
+    tensor_types = [parse_tensor_type_option(spec) for spec in a["tensor_type"]]
+    if a["tensor_type_file"] is not None:
+        tensor_types += read_tensor_type_file(a["tensor_type_file"])
+    return QuantizeOptions(
+        ftype=ftype,
+        only_copy=ftype_name == "COPY",
+        allow_requantize=a["allow_requantize"],
+        leave_output_tensor=a["leave_output_tensor"],
+        pure=a["pure"],
+        keep_split=a["keep_split"],
+        output_tensor_type=parse_tensor_type(a["output_tensor_type"]) if a["output_tensor_type"] else None,
+        token_embedding_type=parse_tensor_type(a["token_embedding_type"]) if a["token_embedding_type"] else None,
+        tensor_types=tensor_types,
+        prune_layers=parse_prune_layers(a["prune_layers"]) if a["prune_layers"] else [],
+        include_weights=list(a["include_weights"]),
+        exclude_weights=list(a["exclude_weights"]),
+        kv_overrides=[parse_override_kv(t) for t in a["override_kv"]],
+    )
+
+
 def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include_weights, exclude_weights,
              output_tensor_type, token_embedding_type, tensor_type, tensor_type_file, prune_layers, keep_split,
              override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out, target_bpw=None,
@@ -217,9 +252,6 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
              search_rows=64, **batch_options) -> None:
     _quiet_helper_threads()
     from . import convert as conv
-    from .errors import PlanError
-    from .plan import (QuantizeOptions, parse_override_kv, parse_prune_layers, parse_tensor_type,
-                       parse_tensor_type_option, read_tensor_type_file)
     from .sources import open_source
 
     target = _target_options(target_bpw, target_size, target_types, search_text, search_cache, search_chunks,
@@ -231,29 +263,8 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
 
         src, out, nthreads = _parse_positional_target(args, target.describe().split()[0])
         ftype, ftype_name = FType.Q8_0, "target-" + (target_size or f"{target_bpw:g}bpw").replace(" ", "")
-    if include_weights and exclude_weights:
-        raise PlanError("--include-weights and --exclude-weights cannot be used together")
-    if (include_weights or exclude_weights) and not imatrix:
-        raise PlanError("--include-weights/--exclude-weights need --imatrix")
-    tensor_types = [parse_tensor_type_option(spec) for spec in tensor_type]
-    if tensor_type_file is not None:
-        tensor_types += read_tensor_type_file(tensor_type_file)
-    prune = parse_prune_layers(prune_layers) if prune_layers else []
-    options = QuantizeOptions(
-        ftype=ftype,
-        only_copy=ftype_name == "COPY",
-        allow_requantize=allow_requantize,
-        leave_output_tensor=leave_output_tensor,
-        pure=pure,
-        keep_split=keep_split,
-        output_tensor_type=parse_tensor_type(output_tensor_type) if output_tensor_type else None,
-        token_embedding_type=parse_tensor_type(token_embedding_type) if token_embedding_type else None,
-        tensor_types=tensor_types,
-        prune_layers=prune,
-        include_weights=list(include_weights),
-        exclude_weights=list(exclude_weights),
-        kv_overrides=[parse_override_kv(t) for t in override_kv],
-    )
+    check_weight_filters(include_weights, exclude_weights, imatrix)
+    options = quantize_options(ftype, ftype_name, locals())
     imatrix_input = conv.load_imatrix_input(imatrix) if imatrix else None
     if target is not None:
         from .plan.target import check_options

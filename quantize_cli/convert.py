@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 from kernels.gguf_compat import GGMLQuantizationType as T
@@ -149,10 +149,11 @@ def copy_tensor(tp: TensorPlan, emit: Callable[[np.ndarray], None]) -> None:
         emit(slab)
 
 
-def quantize_tensor(tp: TensorPlan, imatrix: np.ndarray | None, emit: Callable[[np.ndarray], None]) -> None:
-    """Quantize one tensor in slabs of rows and hand each slab's bytes to `emit`.
-    For 3-D (expert) tensors each expert's rows take that expert's slice of the imatrix."""
-    ref = tp.ref
+def tensor_slabs(ref, release: bool = True) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """A tensor's rows, slab by slab, for quantizing: (first row, expert, the slab's input bytes,
+    its float32 rows checked for NaN/Inf). A slab holds at most SLAB_BYTES of float32 and never
+    straddles two experts of a 3-D tensor (each expert takes its own imatrix slice). With
+    `release`, the slab's input pages are released when the next slab is asked for."""
     n_per_row = ref.n_per_row
     raw = ref.load()
     src_row_bytes = kernels.row_bytes(ref.type, n_per_row)
@@ -163,14 +164,27 @@ def quantize_tensor(tp: TensorPlan, imatrix: np.ndarray | None, emit: Callable[[
     while row < nrows:
         expert = row // rows_per_expert
         end = min(nrows, row + slab_rows, (expert + 1) * rows_per_expert)
-        x = _rows_f32(raw[row * src_row_bytes:end * src_row_bytes], ref.type, n_per_row)
+        chunk = raw[row * src_row_bytes:end * src_row_bytes]
+        x = _rows_f32(chunk, ref.type, n_per_row)
         check_finite(x, ref.name, row)
-        im = imatrix[expert * n_per_row:(expert + 1) * n_per_row] if imatrix is not None else None
-        out = kernels.quantize(x, tp.type, im)
+        yield row, expert, chunk, x
+        if release:
+            ref.release(row * src_row_bytes, end * src_row_bytes)  # the slab's input pages are done with
+        row = end
+
+
+def expert_imatrix(imatrix: np.ndarray | None, expert: int, n_per_row: int) -> np.ndarray | None:
+    """The imatrix slice of one expert (the whole imatrix of a 2-D tensor: expert 0)."""
+    return imatrix[expert * n_per_row:(expert + 1) * n_per_row] if imatrix is not None else None
+
+
+def quantize_tensor(tp: TensorPlan, imatrix: np.ndarray | None, emit: Callable[[np.ndarray], None]) -> None:
+    """Quantize one tensor in slabs of rows and hand each slab's bytes to `emit`.
+    For 3-D (expert) tensors each expert's rows take that expert's slice of the imatrix."""
+    for row, expert, _, x in tensor_slabs(tp.ref):
+        out = kernels.quantize(x, tp.type, expert_imatrix(imatrix, expert, tp.ref.n_per_row))
         check_output_rows(out, tp, row)
         emit(out)
-        ref.release(row * src_row_bytes, end * src_row_bytes)  # the slab's input pages are done with
-        row = end
 
 
 def convert(

@@ -362,6 +362,7 @@ def measure_batch(ours: Ours, ref: Reference, model: str, path: Path, ftypes: li
     its RSS the peak of its largest process."""
     names = ["batch", "batch_nomanifest", "ours", "ref"]
     totals: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     rss: dict[str, float] = {n: 0.0 for n in names}
 
     def single_runs(tool, prefix: str) -> list[Run]:
@@ -385,6 +386,7 @@ def measure_batch(ours: Ours, ref: Reference, model: str, path: Path, ftypes: li
         for name in order:
             runs = contenders[name]()
             totals[name].append(sum(r.seconds for r in runs))
+            cpu[name].append(sum(r.cpu_seconds for r in runs))
             rss[name] = max(rss[name], max(r.max_rss_mb for r in runs))
     same = {t: same_bytes(work / f"b-{t}.gguf", work / f"s-{t}.gguf") and same_bytes(work / f"b-{t}.gguf", work / f"r-{t}.gguf")
             and same_bytes(work / f"n-{t}.gguf", work / f"s-{t}.gguf") for t in ftypes}
@@ -402,6 +404,7 @@ def measure_batch(ours: Ours, ref: Reference, model: str, path: Path, ftypes: li
         "ours_single_rss_mb": rss["ours"], "ref_single_rss_mb": rss["ref"],
         "rss_ratio": rss["batch"] / rss["ours"],
         "runs_s": {n: [round(x, 3) for x in totals[n]] for n in names},
+        "cpu_s": {n: median(cpu[n]) for n in names}, "load_avg": os.getloadavg()[0],
         "same_bytes": all(same.values()), "same_bytes_per_type": same,
     }
 
@@ -414,10 +417,13 @@ def batch_text(r: dict) -> list[str]:
     return [
         f"{r['model']} ({r['n_weights'] / 1e6:.0f} M weights), {','.join(r['types'])} at {r['threads']} threads "
         f"(sum of wall times, median of rounds):",
-        f"  one run --types            {r['batch_s']:7.2f} s  peak RSS {r['batch_rss_mb']:5.0f} MB"
-        f"   (--no-manifest: {r['batch_nomanifest_s']:.2f} s, {r['batch_nomanifest_rss_mb']:.0f} MB)",
-        f"  {len(r['types'])} single pyquantize runs   {r['ours_singles_s']:7.2f} s  peak RSS {r['ours_single_rss_mb']:5.0f} MB",
-        f"  {len(r['types'])} llama-quantize runs      {r['ref_singles_s']:7.2f} s  peak RSS {r['ref_single_rss_mb']:5.0f} MB",
+        f"  one run --types            {r['batch_s']:7.2f} s  CPU {r['cpu_s']['batch']:6.2f} s  peak RSS {r['batch_rss_mb']:5.0f} MB"
+        f"   (--no-manifest: {r['batch_nomanifest_s']:.2f} s, CPU {r['cpu_s']['batch_nomanifest']:.2f} s, "
+        f"{r['batch_nomanifest_rss_mb']:.0f} MB)",
+        f"  {len(r['types'])} single pyquantize runs   {r['ours_singles_s']:7.2f} s  CPU {r['cpu_s']['ours']:6.2f} s  "
+        f"peak RSS {r['ours_single_rss_mb']:5.0f} MB",
+        f"  {len(r['types'])} llama-quantize runs      {r['ref_singles_s']:7.2f} s  CPU {r['cpu_s']['ref']:6.2f} s  "
+        f"peak RSS {r['ref_single_rss_mb']:5.0f} MB   (load average {r['load_avg']:.2f} at the end)",
         f"  ratio vs our singles {r['ratio_ours']:.2f} (target <= {TARGET_BATCH['ratio_ours']}), vs llama-quantize "
         f"{r['ratio_ref']:.2f} (<= {TARGET_BATCH['ratio_ref']}), RSS vs a single run {r['rss_ratio']:.2f} "
         f"(<= {TARGET_BATCH['rss_ratio']}); outputs identical {'yes' if r['same_bytes'] else 'NO'}"

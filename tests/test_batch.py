@@ -200,3 +200,85 @@ def test_progress_names_the_types_together(tmp_path, small):
     assert starts["blk.0.attn_q.weight"] == ["Q4_K", "Q6_K"]
     assert starts["output.weight"] == ["Q6_K"]  # both want Q6_K: quantized once
     assert sum(e[3] for e in events if e[0] == "done") == events[0][3] == result.bytes_read
+
+
+def test_pipelined_slabs_identical_to_single_runs(tmp_path, small, monkeypatch):
+    """Many small slabs in flight on the worker threads (kernels of several slabs and tensors at
+    once), written in order: every output as a single run's."""
+    import threading
+
+    import kernels
+    import quantize_cli.convert as conv
+
+    types = ["Q4_K_M", "Q6_K", "Q8_0", "F16"]
+    singles = {}
+    for t in types:
+        assert run("convert", small, tmp_path / f"s-{t}.gguf", t, "-q").exit_code == 0
+        singles[t] = sha(tmp_path / f"s-{t}.gguf")
+    seen = set()
+    real = kernels.quantize
+
+    def quantize(*a):
+        seen.add(threading.current_thread().name.split("_")[0])
+        return real(*a)
+
+    monkeypatch.setattr(kernels, "quantize", quantize)
+    monkeypatch.setattr(conv, "SLAB_BYTES", 16 << 10)  # 16 rows of 256 weights: every tensor is many slabs
+    targets = [Target(t, QuantizeOptions(ftype=parse_file_type(t)[0]), tmp_path / f"b-{t}.gguf") for t in types]
+    convert_types(small, targets, nthreads=2, manifests=False)
+    for t in types:
+        assert sha(tmp_path / f"b-{t}.gguf") == singles[t], t
+    import numba
+
+    if numba.threading_layer() in ("omp", "tbb"):
+        assert seen == {"quantize"}, seen  # every kernel ran on the pool
+    assert numba.get_num_threads() == 2  # this thread's count is given back
+
+
+@pytest.mark.parametrize("tensor, index, value, types, ftype, fragments", [
+    ("blk.2.attn_k.weight", 10, float("nan"), "F16,Q8_0", "Q8_0", ("blk.2.attn_k.weight", "NaN")),
+    ("blk.1.attn_q.weight", 100, 3e38, "Q8_0,F16", "Q8_0", ("blk.1.attn_q.weight", "row 1")),
+    ("blk.0.attn_k.weight", 64 * 7, 1e5, "F16,Q8_0", "F16", ("blk.0.attn_k.weight", "row 7")),
+    ("output_norm.weight", 3, float("inf"), "Q8_0,F16", "Q8_0", ("output_norm.weight",)),
+])
+def test_bad_weights_stop_the_batch_as_a_single_run(tmp_path, tensor, index, value, types, ftype, fragments):
+    """NaN/Inf inputs, values a type cannot hold (llama.cpp's validation of every quantized slab)
+    and invalid data in a copied tensor: the batch stops with the single run's error, writing nothing."""
+    from hostile_corpus import f32_at, stories
+
+    src = tmp_path / "in.gguf"
+    src.write_bytes(f32_at(stories(), tensor, index, value).to_bytes())
+    single = run("convert", src, tmp_path / "s.gguf", ftype, "-q")
+    assert single.exit_code == 1 and all(f in single.output for f in fragments), single.output
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run("convert", src, "--types", types, "-o", out / "{type}.gguf", "-q")
+    assert result.exit_code == 1 and result.output == single.output
+    assert list(out.iterdir()) == []
+
+
+def test_interrupt_on_a_worker_thread_leaves_nothing(tmp_path, small, monkeypatch):
+    """Ctrl-C reaching a kernel task on the pool ends the batch as it ends a single run: exit 130,
+    previous outputs untouched, no temporary files, the pool's threads gone."""
+    import threading
+
+    import kernels
+    import quantize_cli.convert as conv
+
+    calls = {"n": 0}
+    real = kernels.quantize
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    (tmp_path / "Q8_0.gguf").write_bytes(b"previous contents")
+    monkeypatch.setattr(kernels, "quantize", flaky)
+    monkeypatch.setattr(conv, "SLAB_BYTES", 16 << 10)
+    result = run("convert", small, "--types", "Q4_K_M,Q8_0", "-o", tmp_path / "{type}.gguf", "-t", "2")
+    assert result.exit_code == 130, result.output
+    assert (tmp_path / "Q8_0.gguf").read_bytes() == b"previous contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Q8_0.gguf"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("quantize")]

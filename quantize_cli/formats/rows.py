@@ -39,6 +39,13 @@ def _fp16_bad(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return exp_all & ((h & 0x03FF) == 0), exp_all & ((h & 0x03FF) != 0)
 
 
+def _all_finite(bits: np.ndarray, magnitude: int, exp_all: int) -> bool:
+    """True when no value is inf or nan: with the sign bit masked off, every inf/nan bit pattern
+    is >= the all-ones exponent. Two passes over the data instead of the detailed path's ten
+    (F16 output checks were a third of a 308 M-weight F16 run); the detailed path runs only on a hit."""
+    return int((bits & bits.dtype.type(magnitude)).max()) < exp_all
+
+
 def _first(mask: np.ndarray, what: str) -> BadBlock | None:
     """The first flagged (row, block) of a (rows, blocks) mask."""
     if not mask.any():
@@ -69,14 +76,20 @@ def first_invalid_block(qtype: T, rows: np.ndarray) -> BadBlock | None:
         return None
     if name == "F32":
         bits = rows.view(np.uint32)
+        if _all_finite(bits, 0x7FFFFFFF, 0x7F800000):
+            return None
         exp_all = (bits & 0x7F800000) == 0x7F800000
         return _first_of(exp_all & ((bits & 0x007FFFFF) == 0), exp_all & ((bits & 0x007FFFFF) != 0))
     if name == "F64":
         v = rows.view(np.float64)
         return _first_of(np.isinf(v), np.isnan(v))
     if name == "F16":
+        if _all_finite(rows.view(np.uint16), 0x7FFF, 0x7C00):
+            return None
         return _first_of(*_fp16_bad(rows.view(np.uint16)))
     if name == "BF16":
+        if _all_finite(rows.view(np.uint16), 0x7FFF, 0x7F80):
+            return None
         b = rows.view(np.uint16) & 0x7FFF
         return _first_of(b == 0x7F80, b > 0x7F80)
     block_size, type_size = GGML_QUANT_SIZES[T(qtype)]

@@ -19,16 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize_cli.runtime.tokenizer import (
-    Tokenizer,
-    TokenizerError,
-    _GPT2,
-    _LLAMA3,
-    _QWEN2,
-    pre_tokenize,
-    read_gguf_metadata,
-    tokenizer_from_gguf,
-)
+from quantize_cli.runtime.pretokenize import _GPT2, _LLAMA3, _QWEN2, pre_tokenize
+from quantize_cli.runtime.tokenizer import Tokenizer, TokenizerError, read_gguf_metadata, tokenizer_from_gguf
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = Path(__file__).parent / "golden"

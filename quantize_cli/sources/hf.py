@@ -4,7 +4,9 @@ It gives what llama.cpp's convert_hf_to_gguf.py writes for the same folder: the 
 pairs in the same order, the same GGUF tensor names (the gguf package's TensorNameMap) in the same
 order, and the same tensor data. What differs between model families (metadata steps, tensor
 transforms, vocabulary routine) is in one table, hf_families.py; this module is the machinery that
-reads a checkpoint through that table. Metadata is produced by driving a path-less
+reads a checkpoint through that table: tensor names and transforms, then the metadata. Beside it:
+hf_config.py (config.json: architecture, rope parameters, dimensions), hf_safetensors.py (shards
+and tensor bytes), hf_vocab.py (the vocabulary). Metadata is produced by driving a path-less
 `gguf.GGUFWriter` as the converter does and reading its pairs back.
 
 Where we differ on purpose:
@@ -21,12 +23,8 @@ called (a stacked-expert tensor reads its experts then).
 
 from __future__ import annotations
 
-import json
 import logging
-import mmap
 import re
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -35,22 +33,15 @@ import yaml
 import gguf
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from ..errors import SourceError, excerpt
-from ..formats.output import check_input_file
+from ..errors import SourceError
 from ..formats.values import KV
 from .base import Source, TensorRef
 from . import hf_families as fam
+from .hf_config import Dims, architecture, check_quantization, load_config, merge_text_config, rope_parameters
+from .hf_safetensors import DTYPES, Entry, bf16_to_f32, read_shards
 from .hf_vocab import HFVocab, _read_json
 
 logger = logging.getLogger(__name__)
-
-# safetensors dtype -> (numpy dtype of the stored elements, ggml type we expose)
-DTYPES: dict[str, tuple[np.dtype, GGMLQuantizationType]] = {
-    "F32": (np.dtype("<f4"), GGMLQuantizationType.F32),
-    "F16": (np.dtype("<f2"), GGMLQuantizationType.F16),
-    "BF16": (np.dtype("<u2"), GGMLQuantizationType.BF16),
-    "F64": (np.dtype("<f8"), GGMLQuantizationType.F32),  # the converter narrows F64 to F32 too
-}
 
 # tensors the converter drops ("we don't need these")
 SKIPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
@@ -66,25 +57,6 @@ MULTIMODAL_PARTS = ("visual.", "vision.", "audio.", "talker.", "vision_", "audio
 ALWAYS_F32 = (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP)
 
 T = gguf.MODEL_TENSOR
-ATTENTION = (T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT)
-LLAMA_BLOCK = (T.ATTN_NORM, *ATTENTION, T.FFN_NORM, T.FFN_GATE, T.FFN_DOWN, T.FFN_UP)
-
-
-@dataclass
-class _Entry:
-    """One tensor of the checkpoint, not yet read."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    shard: Path
-    offset: int
-    nbytes: int
-
-    def raw(self) -> np.ndarray:
-        """The stored elements (BF16 as uint16 bits, U8 as uint8), shaped, memory-mapped."""
-        np_dtype = DTYPES[self.dtype][0] if self.dtype in DTYPES else np.dtype(np.uint8)
-        return _map(self.shard, self.offset, self.nbytes).view(np_dtype).reshape(self.shape)
 
 
 class HFSource(HFVocab, Source):
@@ -97,19 +69,19 @@ class HFSource(HFVocab, Source):
         self.no_vocab = no_vocab
         if not self.path.is_dir():
             raise SourceError(f"{self.path}: not a directory")
-        raw = _load_config(self.path)
-        self.hf_arch = _architecture(self.path, raw)
+        raw = load_config(self.path)
+        self.hf_arch = architecture(self.path, raw)
         self.family = fam.FAMILIES[self.hf_arch]
-        self.hparams = _merge_text_config(raw, self.family)
-        self.mxfp4 = _check_quantization(self.path, self.hparams, self.family)
+        self.hparams = merge_text_config(raw, self.family)
+        self.mxfp4 = check_quantization(self.path, self.hparams, self.family)
         for key in self.family.drop_hparams:
             self.hparams.pop(key, None)
         self._check_variant()
         self.arch = self.family.arch
         self.vocab_kind = self.family.vocab
         self.arch_name = gguf.MODEL_ARCH_NAMES[self.arch]
-        self.dims = _Dims(self.path, self.hparams)
-        self.rope_parameters = _rope_parameters(self.hparams)
+        self.dims = Dims(self.path, self.hparams)
+        self.rope_parameters = rope_parameters(self.hparams)
         self._early_kv: list[Callable[[gguf.GGUFWriter], None]] = []  # keys the converter writes while preparing tensors
         self.tensors = self._index_tensors()
         self.kv = self._metadata()
@@ -131,7 +103,7 @@ class HFSource(HFVocab, Source):
     # ---------------------------------------------------------------- tensors
 
     def _index_tensors(self) -> list[TensorRef]:
-        entries = [_Entry(*row) for row in _read_shards(self.path)]  # in the converter's order
+        entries = [Entry(*row) for row in read_shards(self.path)]  # in the converter's order
         self.tensor_map = gguf.get_tensor_name_map(self.arch, self.dims.n_layer)
         tensors = [*self._extra_tensors(entries), *self._emit(entries)]
         self._check_complete(tensors)
@@ -156,7 +128,7 @@ class HFSource(HFVocab, Source):
             name = name.replace("text_model.", "")
         return name
 
-    def _map_name(self, hf_name: str, entry: _Entry) -> str:
+    def _map_name(self, hf_name: str, entry: Entry) -> str:
         name = self.tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise SourceError(
@@ -172,7 +144,7 @@ class HFSource(HFVocab, Source):
             return GGMLQuantizationType.F32
         return stored
 
-    def _stored(self, entry: _Entry) -> GGMLQuantizationType:
+    def _stored(self, entry: Entry) -> GGMLQuantizationType:
         if entry.dtype not in DTYPES:
             raise SourceError(
                 f"{entry.shard.name}: tensor {entry.name} has dtype {entry.dtype}, which is not supported "
@@ -188,17 +160,17 @@ class HFSource(HFVocab, Source):
         def load() -> np.ndarray:
             data = compute()
             if out_type == GGMLQuantizationType.F32 and data.dtype != np.float32:
-                data = _bf16_to_f32(data) if data.dtype == np.uint16 else data.astype(np.float32)
+                data = bf16_to_f32(data) if data.dtype == np.uint16 else data.astype(np.float32)
             return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
 
         return TensorRef(name=name, ne=tuple(int(d) for d in reversed(shape)) or (1,), type=out_type,
                          load=load, offset=offset)
 
-    def _emit(self, entries: list[_Entry]) -> Iterator[TensorRef]:
+    def _emit(self, entries: list[Entry]) -> Iterator[TensorRef]:
         """The converter's main loop: every kept tensor through its family's transforms, in order."""
         f = self.family
         expected = self.dims.expected_shapes() if f.dense_shapes else self.dims.attention_shapes()
-        buffers: dict[int, dict[tuple[int, str], _Entry]] = {}
+        buffers: dict[int, dict[tuple[int, str], Entry]] = {}
         n_expert = None
         if f.experts is not None:
             n_expert = next((self.hparams[k] for k in f.experts.count if k in self.hparams), None)
@@ -235,7 +207,7 @@ class HFSource(HFVocab, Source):
             raise SourceError(f"{self.path}: expert tensors {', '.join(leftover[:3])} do not complete their layer's "
                               f"{n_expert} experts: a shard is missing or config.json's expert count is wrong")
 
-    def _plain(self, hf_name: str, name: str, entry: _Entry, stored: GGMLQuantizationType) -> TensorRef:
+    def _plain(self, hf_name: str, name: str, entry: Entry, stored: GGMLQuantizationType) -> TensorRef:
         f, shape = self.family, tuple(entry.shape)
         steps: list[Callable[[np.ndarray], np.ndarray]] = []
         if f.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -259,7 +231,7 @@ class HFSource(HFVocab, Source):
 
         return self._ref(name, shape, stored, compute, entry.offset)
 
-    def _stack_experts(self, bid: int, group: dict[tuple[int, str], _Entry], n_expert: int) -> Iterator[TensorRef]:
+    def _stack_experts(self, bid: int, group: dict[tuple[int, str], Entry], n_expert: int) -> Iterator[TensorRef]:
         """LlamaModel/Qwen2MoeModel.modify_tensors: one (n_expert, rows, cols) tensor per projection."""
         spec = self.family.experts
         for proj in spec.order:
@@ -281,7 +253,7 @@ class HFSource(HFVocab, Source):
 
             yield self._ref(name, (n_expert, *shapes.pop()), stored, compute, members[-1].offset)
 
-    def _fused_experts(self, hf_name: str, entry: _Entry) -> Iterator[TensorRef]:
+    def _fused_experts(self, hf_name: str, entry: Entry) -> Iterator[TensorRef]:
         """Qwen2MoeModel.modify_tensors for experts stored as 3-D tensors: down_proj as it is,
         gate_up_proj split in halves along its rows."""
         stored = self._stored(entry)
@@ -298,7 +270,7 @@ class HFSource(HFVocab, Source):
             yield self._ref(name, (*entry.shape[:-2], n_ff, entry.shape[-1]), stored,
                             lambda rows=rows: entry.raw()[..., rows, :], entry.offset)
 
-    def _gpt_oss_tensor(self, hf_name: str, entry: _Entry) -> Iterator[TensorRef]:
+    def _gpt_oss_tensor(self, hf_name: str, entry: Entry) -> Iterator[TensorRef]:
         """GptOssModel.modify_tensors (MXFP4 blocks are handled in _extra_tensors)."""
         if "down_proj" in hf_name:
             if hf_name.endswith("_bias"):
@@ -327,7 +299,7 @@ class HFSource(HFVocab, Source):
         stored = self._stored(entry)
         yield self._plain(hf_name, self._map_name(hf_name, entry), entry, stored)
 
-    def _extra_tensors(self, entries: list[_Entry]) -> Iterable[TensorRef]:
+    def _extra_tensors(self, entries: list[Entry]) -> Iterable[TensorRef]:
         """generate_extra_tensors: what the converter writes before the checkpoint's own tensors."""
         f = self.family
         if f.extra == "llama3_rope":
@@ -345,10 +317,10 @@ class HFSource(HFVocab, Source):
         elif f.gpt_oss and self.mxfp4:
             yield from self._gpt_oss_mxfp4(entries)
 
-    def _gpt_oss_mxfp4(self, entries: list[_Entry]) -> Iterator[TensorRef]:
+    def _gpt_oss_mxfp4(self, entries: list[Entry]) -> Iterator[TensorRef]:
         """GptOssModel.generate_extra_tensors: MXFP4 expert blocks into ggml's MXFP4 layout, in the
         order their scales come (down; then gate and up from the interleaved gate_up rows)."""
-        blocks: dict[str, _Entry] = {}
+        blocks: dict[str, Entry] = {}
         for entry in entries:
             hf_name = self._filter(entry.name)
             if hf_name is None:
@@ -462,135 +434,6 @@ class HFSource(HFVocab, Source):
             t.load = _closed(t.name)
 
 
-# -------------------------------------------------------------------- helpers
-
-
-class _Dims:
-    """The config numbers the tensor shapes follow from."""
-
-    def __init__(self, path: Path, hp: dict):
-        def need(keys: list[str]) -> int:
-            for k in keys:
-                if k in hp:
-                    v = hp[k]
-                    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                        raise SourceError(f"{path / 'config.json'}: {k} is {v!r}, expected a positive integer")
-                    return v
-            raise SourceError(f"{path / 'config.json'}: missing {keys[0]}")
-
-        self.n_layer = need(["n_layers", "num_hidden_layers", "n_layer", "num_layers"])
-        self.n_embd = need(["hidden_size", "n_embd", "dim"])
-        self.n_head = need(["n_heads", "num_attention_heads"])
-        self.n_head_kv = need(["n_kv_heads", "num_key_value_heads"]) if any(
-            k in hp for k in ("n_kv_heads", "num_key_value_heads")) else self.n_head
-        self.n_ff = need(["intermediate_size"])
-        self.n_vocab = need(["vocab_size"])
-        head_dim = hp.get("head_dim")
-        self.head_dim = head_dim if isinstance(head_dim, int) and head_dim > 0 else self.n_embd // self.n_head
-        if head_dim is None and self.n_embd % self.n_head:
-            raise SourceError(f"{path / 'config.json'}: hidden_size {self.n_embd} is not a multiple of num_attention_heads {self.n_head}")
-        if self.n_head % self.n_head_kv:
-            raise SourceError(f"{path / 'config.json'}: num_attention_heads {self.n_head} is not a multiple of num_key_value_heads {self.n_head_kv}")
-
-    def attention_shapes(self) -> dict[str, tuple[int, ...]]:
-        """HF (numpy) shapes by GGUF name: (out_features, in_features) for matrices."""
-        q, kv = self.n_head * self.head_dim, self.n_head_kv * self.head_dim
-        shapes = {"token_embd.weight": (self.n_vocab, self.n_embd), "output.weight": (self.n_vocab, self.n_embd),
-                  "output_norm.weight": (self.n_embd,)}
-        for b in range(self.n_layer):
-            shapes.update({
-                f"blk.{b}.attn_q.weight": (q, self.n_embd), f"blk.{b}.attn_q.bias": (q,),
-                f"blk.{b}.attn_k.weight": (kv, self.n_embd), f"blk.{b}.attn_k.bias": (kv,),
-                f"blk.{b}.attn_v.weight": (kv, self.n_embd), f"blk.{b}.attn_v.bias": (kv,),
-                f"blk.{b}.attn_output.weight": (self.n_embd, q),
-            })
-        return shapes
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """attention_shapes plus the dense feed-forward and the norms."""
-        shapes = self.attention_shapes()
-        for b in range(self.n_layer):
-            shapes.update({
-                f"blk.{b}.attn_norm.weight": (self.n_embd,), f"blk.{b}.ffn_norm.weight": (self.n_embd,),
-                f"blk.{b}.ffn_gate.weight": (self.n_ff, self.n_embd), f"blk.{b}.ffn_up.weight": (self.n_ff, self.n_embd),
-                f"blk.{b}.ffn_down.weight": (self.n_embd, self.n_ff),
-            })
-        return shapes
-
-
-def _load_config(path: Path) -> dict:
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise SourceError(f"{path}: no config.json; a Hugging Face checkpoint folder needs one")
-    hp = _read_json(config_path)
-    if not isinstance(hp, dict):
-        raise SourceError(f"{config_path}: expected a JSON object, found {type(hp).__name__}")
-    return hp
-
-
-def _merge_text_config(hp: dict, family: fam.Family) -> dict:
-    """TextModel.__init__: text_config's keys over the top level's, with the defaults transformers'
-    AutoConfig fills into a sub-config that names only what differs from them."""
-    text = hp.get("text_config")
-    if isinstance(text, dict):
-        return {**hp, **family.text_defaults, **text}
-    return dict(hp)
-
-
-def _check_quantization(path: Path, hp: dict, family: fam.Family) -> bool:
-    """True for an MXFP4 gpt-oss checkpoint (its blocks are taken as they are); other quantized
-    checkpoints are refused."""
-    qc = hp.get("quantization_config")
-    if not qc:
-        return False
-    method = qc.get("quant_method", "unknown") if isinstance(qc, dict) else "unknown"
-    if method == "mxfp4" and family.gpt_oss:
-        return True
-    raise SourceError(
-        f"{path / 'config.json'}: the checkpoint is already quantized (quant_method {method!r}); "
-        f"convert the unquantized F32/F16/BF16 weights instead")
-
-
-def _architecture(path: Path, hp: dict) -> str:
-    """get_model_architecture: architectures[0], or text_config's where it names one."""
-    arches = hp.get("architectures")
-    text = hp.get("text_config") if isinstance(hp.get("text_config"), dict) else {}
-    if isinstance(text.get("architectures"), list) and text["architectures"]:
-        arches = text["architectures"]
-    if not isinstance(arches, list) or not arches or not isinstance(arches[0], str):
-        raise SourceError(f"{path / 'config.json'}: no \"architectures\" list; supported: {fam.supported()}")
-    if arches[0] not in fam.FAMILIES:
-        raise SourceError(
-            f"{path / 'config.json'}: architecture {arches[0]} is not supported; supported: {fam.supported()}; "
-            f"for others, run llama.cpp's convert_hf_to_gguf.py, then pyquantize convert on its GGUF")
-    return arches[0]
-
-
-def _rope_parameters(hp: dict) -> dict:
-    """TextModel.__init__: rope_parameters (or rope_scaling) with the global rope settings mirrored in."""
-    rope = dict(hp.get("rope_parameters", hp.get("rope_scaling")) or {})
-
-    def find(keys):
-        return next((hp[k] for k in keys if k in hp), None)
-
-    rope_theta = find(["global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta", "rotary_emb_base"])
-    local_theta = find(["local_rope_theta", "rope_local_theta", "rope_theta_local", "swa_rope_theta", "rope_local_base_freq"])
-    partial = find(["partial_rotary_factor", "rope_pct", "rope_percent"])
-    orig_ctx = find(["original_max_position_embeddings"])
-    if "full_attention" not in rope and "sliding_attention" not in rope:
-        if local_theta is not None:
-            rope["sliding_attention"] = {"rope_theta": local_theta}
-        if "rope_theta" not in rope and rope_theta is not None:
-            rope["rope_theta"] = rope_theta
-        if "rope_type" not in rope and (rope_type := rope.get("type")) is not None:
-            rope["rope_type"] = rope_type
-        if "partial_rotary_factor" not in rope and partial is not None:
-            rope["partial_rotary_factor"] = partial
-        if "original_max_position_embeddings" not in rope and orig_ctx is not None:
-            rope["original_max_position_embeddings"] = orig_ctx
-    return rope
-
-
 def _generation_config_penalty(meta: gguf.Metadata, path: Path) -> None:
     """llama.cpp's gguf-py (newer than the gguf release we depend on) also reads
     generation_config.json's repetition_penalty."""
@@ -616,75 +459,6 @@ def _parameter_count(tensors: list[TensorRef]) -> tuple[int, int, int, int]:
     return total, shared, expert, (expert_sum // n_expert_tensors) if n_expert_tensors else 0
 
 
-def _read_shards(path: Path) -> list[tuple[str, str, tuple[int, ...], Path, int, int]]:
-    """Every tensor of the checkpoint in the converter's order: shards sorted by file name, tensors
-    sorted by name within a shard. Each is (name, dtype, shape, shard, byte offset, byte count)."""
-    from safetensors import SafetensorError, safe_open
-
-    index_path = path / "model.safetensors.index.json"
-    weight_map: dict[str, str] = {}
-    if index_path.is_file():
-        index = _read_json(index_path)
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise SourceError(f"{index_path}: no \"weight_map\" object of tensor name -> shard file")
-        parts = sorted(set(weight_map.values()))
-        missing = [p for p in parts if not (path / p).is_file()]
-        if missing:
-            raise SourceError(f"{path}: shard {missing[0]} listed in model.safetensors.index.json is missing"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    else:
-        parts = sorted(p.name for p in path.iterdir() if p.name.startswith("model") and p.name.endswith(".safetensors"))
-    if not parts:
-        if any(path.glob("pytorch_model*.bin")) or any(path.glob("*.pt")):
-            raise SourceError(f"{path}: only PyTorch pickle weights (.bin/.pt); save the model as safetensors first")
-        raise SourceError(f"{path}: no model.safetensors or model.safetensors.index.json")
-
-    entries = []
-    in_parts: dict[str, str] = {}
-    for part in parts:
-        shard = path / part
-        check_input_file(shard, "safetensors file", SourceError)  # a FIFO would block the open
-        try:
-            with safe_open(str(shard), framework="numpy"):  # validates the header against the file size
-                pass
-        except SafetensorError as exc:
-            raise SourceError(f"{shard}: not a valid safetensors file ({excerpt(str(exc))})") from None
-        with open(shard, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        start = 8 + n
-        for name in sorted(k for k in header if k != "__metadata__"):
-            meta = header[name]
-            begin, end = meta["data_offsets"]
-            if name in in_parts:
-                raise SourceError(f"{path}: tensor {name} is in both {in_parts[name]} and {part}")
-            in_parts[name] = part
-            entries.append((name, meta["dtype"], tuple(meta["shape"]), shard, start + begin, end - begin))
-
-    if weight_map:
-        absent = sorted(set(weight_map) - set(in_parts))
-        if absent:
-            raise SourceError(f"{path}: tensor {absent[0]} is listed in model.safetensors.index.json "
-                              f"(in {weight_map[absent[0]]}) but no shard holds it")
-        extra = sorted(set(in_parts) - set(weight_map))
-        if extra:
-            raise SourceError(f"{path}: tensor {extra[0]} in {in_parts[extra[0]]} is not listed in model.safetensors.index.json")
-    return entries
-
-
-def _map(path: Path, offset: int, nbytes: int) -> np.ndarray:
-    """The tensor's bytes, memory-mapped on their own: the mapping goes when the array does, so
-    pages read for one tensor do not stay in the process (as they would with one map per shard,
-    which counts every tensor read so far in its resident size)."""
-    if nbytes == 0:
-        return np.empty(0, np.uint8)
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
-    return np.frombuffer(mm, np.uint8, count=nbytes, offset=offset - start)
-
-
 def _is(name: str, key: gguf.MODEL_TENSOR) -> bool:
     """ModelBase.match_model_tensor_name for block tensors."""
     pattern = re.escape(gguf.TENSOR_NAMES[key]).replace(r"\{bid\}", r"\d+") + r"\.weight"
@@ -702,7 +476,7 @@ def _plus_one(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "F16":
         return (x.astype(np.float32) + np.float32(1)).astype(np.float16)
     if dtype == "BF16":
-        x = _bf16_to_f32(x)
+        x = bf16_to_f32(x)
     return x.astype(np.float32) + np.float32(1)
 
 
@@ -717,10 +491,6 @@ def _mxfp4_nibbles(blocks: np.ndarray) -> np.ndarray:
 def _f32_tensor(name: str, values: list[float]) -> TensorRef:
     data = np.array(values, dtype=np.float32)
     return TensorRef(name=name, ne=(len(data),), type=GGMLQuantizationType.F32, load=lambda: data.view(np.uint8))
-
-
-def _bf16_to_f32(x: np.ndarray) -> np.ndarray:
-    return (x.astype(np.uint32) << 16).view(np.float32)
 
 
 def _closed(name: str) -> Callable[[], np.ndarray]:

@@ -14,6 +14,8 @@ Where we differ on purpose:
   the planner chooses the output type, as llama-quantize would from a GGUF. The tensors the
   converter always writes as F32 (1-D tensors, norms, MoE routers, biases) are F32 here too,
   widened exactly on load.
+  FP8 weights (quant_method "fp8") are dequantized with their scales to float32, as the converter
+  does before any output type applies, so they are F32 tensors here.
 - `general.file_type` says what the weights are (F32 when all are, else the type of the first
   matrix), like an F32/F16/BF16 GGUF of the model would; convert replaces it with the target's.
 

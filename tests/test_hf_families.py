@@ -394,7 +394,8 @@ def fp8_checkpoint(cache: Path, family: str) -> Path:
                     q[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = to_e4m3(block / scale[i, j])
             tensors[name] = (q, "F8_E4M3", list(q.shape))
             tensors[name + "_scale_inv"] = (scale, "F32", list(scale.shape))
-    mk.write_safetensors(tmp, {k: (v.reshape(shape), d) for k, (v, d, shape) in tensors.items()})
+    element = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "F8_E4M3": np.uint8}
+    mk.write_safetensors(tmp, {k: (v.view(element[d]).reshape(shape), d) for k, (v, d, shape) in tensors.items()})
     config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
     config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                                      "weight_block_size": FP8_BLOCK}

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # llama.cpp as the reference (compiles it: ~4 min on 2 cores, then cached by pip)
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 
-.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-perplexity bench-target bench-imatrix-moe lint golden clean
+.PHONY: install install-reference test test-reference test-all bench bench-kernels bench-e2e bench-perplexity bench-target bench-hf bench-imatrix-moe lint golden clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,7 @@ test-all:
 
 # Kernels against ggml_quantize_chunk, then whole conversions against llama-quantize (needs
 # scripts/build_llama_cpp.sh or $$LLAMA_QUANTIZE; generates its inputs into ~/.cache/pyquantize-bench)
-bench: bench-kernels bench-e2e bench-perplexity bench-target
+bench: bench-kernels bench-e2e bench-perplexity bench-target bench-hf
 
 bench-kernels:
 	$(BIN)/python scripts/bench_kernels.py
@@ -45,6 +45,11 @@ bench-perplexity:
 # default; a real model: make bench-target TARGET_BENCH="--model M.gguf --imatrix I.gguf --text T.txt --first 4.5 --second 5"
 bench-target:
 	$(BIN)/python scripts/bench_target.py $(TARGET_BENCH) --json bench-out/target.json
+
+# a 349 M-weight BF16 sharded Hugging Face checkpoint to Q4_K_M: one pass against convert_hf_to_gguf.py +
+# llama-quantize (needs a torch interpreter, PYQUANTIZE_TORCH_PYTHON; skipped with a message without one)
+bench-hf:
+	$(BIN)/python scripts/bench_hf.py --json bench-out/hf.json
 
 # imatrix tokens/s against llama-imatrix on a Mixtral-style MoE of 101 M expert weights (minutes)
 bench-imatrix-moe:

@@ -465,7 +465,7 @@ def test_error_fewer_layers_in_config_than_weights(folder):
     assert "tensor model.layers.4.input_layernorm.weight has no llama GGUF name" in error_of(folder)
 
 
-@pytest.mark.parametrize("dtype, nbytes", [("F8_E4M3", 1), ("I8", 1), ("I32", 4)])
+@pytest.mark.parametrize("dtype, nbytes", [("I8", 1), ("I32", 4)])
 def test_error_unsupported_dtype_names_it(folder, dtype, nbytes):
     st = _read_st(folder / "model.safetensors")
     data, _, shape = st["model.layers.0.mlp.down_proj.weight"]
@@ -473,6 +473,80 @@ def test_error_unsupported_dtype_names_it(folder, dtype, nbytes):
     _write_st(folder / "model.safetensors", st)
     msg = error_of(folder)
     assert f"model.layers.0.mlp.down_proj.weight has dtype {dtype}, which is not supported (only F32, F16, BF16)" in msg
+
+
+def _fp8_folder(folder: Path, block=(32, 48), scale_shape=(2, 4), extra: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """down_proj of layer 0 (64 x 172) as float8_e4m3fn codes with a float32 weight_scale_inv."""
+    st = _read_st(folder / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, 64 * 172, dtype=np.uint8)
+    codes[(codes & 0x7F) == 0x7F] = 0x38  # no NaN codes
+    scale = rng.random(scale_shape, dtype=np.float32) + np.float32(0.5)
+    st[name] = (codes, "F8_E4M3", (64, 172))
+    st[name + "_scale_inv"] = (np.atleast_1d(scale).view(np.uint8).reshape(-1), "F32", scale_shape)
+    st["model.layers.0.mlp.down_proj.activation_scale"] = (np.ones(1, np.float32).view(np.uint8), "F32", (1,))
+    st.update(extra or {})
+    _write_st(folder / "model.safetensors", st)
+    _edit_json(folder / "config.json", quantization_config={"activation_scheme": "dynamic", "fmt": "e4m3",
+                                                             "quant_method": "fp8", "weight_block_size": list(block)})
+    return codes.reshape(64, 172), scale
+
+
+def test_float8_tables():
+    from quantize_cli.sources.hf_safetensors import E4M3
+
+    spots = {0x00: 0.0, 0x01: 2.0 ** -9, 0x07: 7 * 2.0 ** -9, 0x08: 2.0 ** -6, 0x38: 1.0, 0x3C: 1.5, 0x7E: 448.0,
+             0x80: -0.0, 0xB8: -1.0, 0xFE: -448.0}
+    assert {c: float(E4M3[c]) for c in spots} == spots
+    assert np.isnan(E4M3[[0x7F, 0xFF]]).all() and np.isfinite(np.delete(E4M3, [0x7F, 0xFF])).all()
+    assert (np.diff(E4M3[:0x7F]) > 0).all()  # 0 .. 448 ascending
+
+
+def test_fp8_weights_dequantize_as_the_converter(folder):
+    """quant_method fp8 (ModelBase.dequant_model): X_scale_inv scales X, repeated over
+    weight_block_size blocks and cut at the edge (172 = 3 x 48 + 28); X becomes an F32 tensor, the
+    scales and activation scales leave the tensor list; the rest keeps its type."""
+    from quantize_cli.sources.hf_safetensors import E4M3
+
+    codes, scale = _fp8_folder(folder)
+    with HFSource(folder) as src:
+        tensors = {t.name: t for t in src.tensors}
+        t = tensors["blk.0.ffn_down.weight"]
+        assert t.type == GGMLQuantizationType.F32 and t.ne == (172, 64)
+        got = t.load().view(np.float32).reshape(64, 172)
+        rows, cols = np.arange(64)[:, None], np.arange(172)[None, :]
+        assert np.array_equal(got, E4M3[codes] * scale[rows // 32, cols // 48])
+        assert len(tensors) == len(src.tensors) and not any("scale" in n for n in tensors)
+        assert tensors["blk.0.ffn_up.weight"].type == GGMLQuantizationType.F32  # stories260K is F32 already
+
+
+def test_fp8_per_tensor_scale(folder):
+    """No weight_block_size: a scalar scale broadcasts over the whole weight."""
+    from quantize_cli.sources.hf_safetensors import E4M3
+
+    codes, scale = _fp8_folder(folder, block=(), scale_shape=())
+    _edit_json(folder / "config.json", quantization_config={"quant_method": "fp8"})
+    with HFSource(folder) as src:
+        t = {t.name: t for t in src.tensors}["blk.0.ffn_down.weight"]
+        assert np.array_equal(t.load().view(np.float32).reshape(64, 172), E4M3[codes] * scale)
+
+
+def test_error_fp8_without_scale_or_scale_without_weight(folder, tmp_path):
+    other = copy(folder, tmp_path / "b")
+    third = copy(folder, tmp_path / "c")
+    _fp8_folder(folder)
+    st = _read_st(folder / "model.safetensors")
+    del st["model.layers.0.mlp.down_proj.weight_scale_inv"]
+    _write_st(folder / "model.safetensors", st)
+    assert "down_proj.weight is F8_E4M3 without a weight_scale_inv" in error_of(folder)
+    _fp8_folder(other, extra={"model.layers.0.mlp.nothing.weight_scale_inv": (np.ones(1, np.float32).view(np.uint8), "F32", (1,))})
+    assert "nothing.weight_scale_inv has no weight model.layers.0.mlp.nothing.weight to scale" in error_of(other)
+    _fp8_folder(third, scale_shape=(1, 1))  # one 32 x 48 block's scale for a 64 x 172 weight
+    with HFSource(third) as src:
+        t = {t.name: t for t in src.tensors}["blk.0.ffn_down.weight"]
+        with pytest.raises(SourceError, match=r"scale_inv \(shape \[1, 1\], blocks \[32, 48\]\) does not fit"):
+            t.load()
 
 
 def test_error_truncated_safetensors(folder):

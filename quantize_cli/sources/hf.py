@@ -14,6 +14,8 @@ Where we differ on purpose:
   the planner chooses the output type, as llama-quantize would from a GGUF. The tensors the
   converter always writes as F32 (1-D tensors, norms, MoE routers, biases) are F32 here too,
   widened exactly on load.
+  FP8 weights (quant_method "fp8") are dequantized with their scales to float32, as the converter
+  does before any output type applies, so they are F32 tensors here.
 - `general.file_type` says what the weights are (F32 when all are, else the type of the first
   matrix), like an F32/F16/BF16 GGUF of the model would; convert replaces it with the target's.
 
@@ -38,7 +40,7 @@ from ..formats.values import KV
 from .base import Source, TensorRef
 from . import hf_families as fam
 from .hf_config import Dims, architecture, check_quantization, load_config, merge_text_config, rope_parameters
-from .hf_safetensors import DTYPES, Entry, bf16_to_f32, read_shards
+from .hf_safetensors import DTYPES, FP8_DTYPES, Entry, attach_fp8_scales, bf16_to_f32, read_shards
 from .hf_vocab import HFVocab, _read_json
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,8 @@ class HFSource(HFVocab, Source):
         self.hf_arch = architecture(self.path, raw)
         self.family = fam.FAMILIES[self.hf_arch]
         self.hparams = merge_text_config(raw, self.family)
-        self.mxfp4 = check_quantization(self.path, self.hparams, self.family)
+        self.quant_method = check_quantization(self.path, self.hparams, self.family)
+        self.mxfp4 = self.quant_method == "mxfp4"
         for key in self.family.drop_hparams:
             self.hparams.pop(key, None)
         self._check_variant()
@@ -104,6 +107,8 @@ class HFSource(HFVocab, Source):
 
     def _index_tensors(self) -> list[TensorRef]:
         entries = [Entry(*row) for row in read_shards(self.path)]  # in the converter's order
+        if self.quant_method == "fp8":
+            entries = attach_fp8_scales(self.path, entries, self.hparams["quantization_config"].get("weight_block_size"))
         self.tensor_map = gguf.get_tensor_name_map(self.arch, self.dims.n_layer)
         tensors = [*self._extra_tensors(entries), *self._emit(entries)]
         self._check_complete(tensors)
@@ -145,6 +150,12 @@ class HFSource(HFVocab, Source):
         return stored
 
     def _stored(self, entry: Entry) -> GGMLQuantizationType:
+        if entry.scale is not None:  # an FP8 weight, dequantized to float32 as the converter does
+            return GGMLQuantizationType.F32
+        if entry.dtype in FP8_DTYPES:
+            raise SourceError(
+                f"{entry.shard.name}: tensor {entry.name} is {entry.dtype} without a weight_scale_inv; "
+                f"convert_hf_to_gguf.py dequantizes FP8 weights only with their scales (quantization_config fp8)")
         if entry.dtype not in DTYPES:
             raise SourceError(
                 f"{entry.shard.name}: tensor {entry.name} has dtype {entry.dtype}, which is not supported "
@@ -222,9 +233,7 @@ class HFSource(HFVocab, Source):
             steps.append(lambda x: _plus_one(x, entry.dtype))
 
         def compute() -> np.ndarray:
-            data = entry.raw()
-            if entry.dtype == "F64":
-                data = data.astype(np.float32)
+            data = entry.values()
             for step in steps:
                 data = step(data)
             return data
@@ -241,15 +250,14 @@ class HFSource(HFVocab, Source):
                     raise SourceError(f"{self.path}: layer {bid} lacks expert {xid}'s {proj} weight")
                 members.append(group[(xid, proj)])
             shapes = {tuple(e.shape) for e in members}
-            dtypes = {e.dtype for e in members}
+            dtypes = {(e.dtype, e.scale is None) for e in members}
             if len(shapes) != 1 or len(dtypes) != 1:
                 raise SourceError(f"{self.path}: layer {bid}'s {proj} experts differ in shape or dtype")
             stored = self._stored(members[0])
             name = self._map_name(spec.stacked.format(bid=bid, w=proj), members[0])
 
             def compute(members=members) -> np.ndarray:
-                data = np.stack([e.raw() for e in members])
-                return data.astype(np.float32) if members[0].dtype == "F64" else data
+                return np.stack([e.values() for e in members])
 
             yield self._ref(name, (n_expert, *shapes.pop()), stored, compute, members[-1].offset)
 
@@ -268,7 +276,7 @@ class HFSource(HFVocab, Source):
         for part, rows in (("gate_proj", slice(0, n_ff)), ("up_proj", slice(n_ff, None))):
             name = self._map_name(f"{stem}.{part}.weight", entry)
             yield self._ref(name, (*entry.shape[:-2], n_ff, entry.shape[-1]), stored,
-                            lambda rows=rows: entry.raw()[..., rows, :], entry.offset)
+                            lambda rows=rows: entry.values()[..., rows, :], entry.offset)
 
     def _gpt_oss_tensor(self, hf_name: str, entry: Entry) -> Iterator[TensorRef]:
         """GptOssModel.modify_tensors (MXFP4 blocks are handled in _extra_tensors)."""

@@ -83,15 +83,22 @@ def merge_text_config(hp: dict, family: fam.Family) -> dict:
     return dict(hp)
 
 
-def check_quantization(path: Path, hp: dict, family: fam.Family) -> bool:
-    """True for an MXFP4 gpt-oss checkpoint (its blocks are taken as they are); other quantized
-    checkpoints are refused."""
+def check_quantization(path: Path, hp: dict, family: fam.Family) -> str | None:
+    """The checkpoint's quant_method where we read it as the converter does: "mxfp4" for gpt-oss
+    (its blocks are taken as they are), "fp8" for block-scaled float8 weights (dequantized, as
+    ModelBase.dequant_model does; gpt-oss's own dequant_model has no FP8); None when unquantized.
+    Other quantized checkpoints are refused."""
     qc = hp.get("quantization_config")
     if not qc:
-        return False
+        return None
     method = qc.get("quant_method", "unknown") if isinstance(qc, dict) else "unknown"
     if method == "mxfp4" and family.gpt_oss:
-        return True
+        return method
+    if method == "fp8" and not family.gpt_oss:
+        block = qc.get("weight_block_size")
+        if block is not None and (not isinstance(block, list) or not all(isinstance(b, int) and b > 0 for b in block)):
+            raise SourceError(f"{path / 'config.json'}: quantization_config.weight_block_size {block!r} is not a list of positive integers")
+        return method
     raise SourceError(
         f"{path / 'config.json'}: the checkpoint is already quantized (quant_method {method!r}); "
         f"convert the unquantized F32/F16/BF16 weights instead")

@@ -2,7 +2,10 @@
 tensor's bytes, memory-mapped on their own, read only when asked for.
 
 `read_shards` checks the shards and model.safetensors.index.json against each other and lists
-every tensor in the converter's order; an `Entry` is one of them, not yet read.
+every tensor in the converter's order; an `Entry` is one of them, not yet read. FP8 checkpoints
+(quantization_config.quant_method "fp8") are dequantized as the converter's ModelBase.dequant_model
+does: `attach_fp8_scales` pairs each weight with its `weight_scale_inv`, and the weight's `values()`
+are then float32 `weight.float() * scale`, the scale repeated over its blocks.
 """
 
 from __future__ import annotations
@@ -39,11 +42,91 @@ class Entry:
     shard: Path
     offset: int
     nbytes: int
+    scale: Entry | None = None              # FP8: the weight's scale_inv tensor
+    block: tuple[int, ...] | None = None    # FP8: quantization_config's weight_block_size
 
     def raw(self) -> np.ndarray:
-        """The stored elements (BF16 as uint16 bits, U8 as uint8), shaped, memory-mapped."""
+        """The stored elements (BF16 as uint16 bits, U8 and FP8 as uint8), shaped, memory-mapped."""
         np_dtype = DTYPES[self.dtype][0] if self.dtype in DTYPES else np.dtype(np.uint8)
         return map_bytes(self.shard, self.offset, self.nbytes).view(np_dtype).reshape(self.shape)
+
+    def values(self) -> np.ndarray:
+        """raw(), except F64 narrowed to float32 and a scaled (FP8) weight dequantized to float32,
+        as the converter gives them to the model's tensor transforms."""
+        if self.scale is not None:
+            return dequant_simple(self, self.scale, self.block)
+        if self.dtype == "F64":
+            return self.raw().astype(np.float32)
+        return self.raw()
+
+
+def _e4m3_table() -> np.ndarray:
+    """float8_e4m3fn's 256 codes as float32 (exactly; 0x7F and 0xFF are NaN): sign, 4 exponent bits
+    with bias 7 (0: subnormal), 3 mantissa bits, no infinities."""
+    c = np.arange(256)
+    e, m = (c >> 3) & 0xF, (c & 7).astype(np.float64)
+    v = np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * 2.0 ** (e - 7.0))
+    v = np.where((c & 0x7F) == 0x7F, np.nan, v)
+    return np.where(c >> 7, -v, v).astype(np.float32)
+
+
+E4M3 = _e4m3_table()
+FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
+
+
+def as_float32(e: Entry) -> np.ndarray:
+    """torch's `.float()` of the stored tensor: exact for every dtype we read."""
+    x = e.raw()
+    if e.dtype == "BF16":
+        return bf16_to_f32(x)
+    if e.dtype == "F8_E4M3":
+        return E4M3[x]
+    if e.dtype == "F8_E5M2":  # float8_e5m2 is the top byte of a float16
+        return (x.astype(np.uint16) << 8).view(np.float16).astype(np.float32)
+    if e.dtype not in DTYPES:
+        raise SourceError(f"{e.shard.name}: tensor {e.name} has dtype {e.dtype}, which cannot scale an FP8 weight")
+    return x.astype(np.float32)
+
+
+def dequant_simple(weight: Entry, scale_entry: Entry, block: tuple[int, ...] | None) -> np.ndarray:
+    """ModelBase.dequant_model's dequant_simple: the scale repeated `block[i]` times along the
+    weight's last dimensions and cut to its shape (blocks at the edge are partial), broadcast over
+    any dimensions it lacks, then one float32 product per element."""
+    scale = as_float32(scale_entry)
+    if block is not None:
+        first = scale.ndim - len(block)
+        for i, size in enumerate(block):
+            scale = np.repeat(scale, size, axis=first + i)
+        scale = scale[tuple(slice(0, size) for size in weight.shape)]
+    while scale.ndim < len(weight.shape):
+        scale = scale[..., None]
+    try:
+        return as_float32(weight) * scale
+    except ValueError:
+        raise SourceError(f"{weight.shard.name}: {scale_entry.name} (shape {list(scale_entry.shape)}, blocks "
+                          f"{list(block) if block else None}) does not fit {weight.name} (shape {list(weight.shape)})") from None
+
+
+def attach_fp8_scales(path: Path, entries: list[Entry], block: list[int] | None) -> list[Entry]:
+    """ModelBase.dequant_model for quant_method "fp8": X_scale_inv (and Mistral's X.qscale_weight)
+    scales X, which is then dequantized; the scales and the unused activation scales are dropped."""
+    by_name = {e.name: e for e in entries}
+    drop = set()
+    for e in entries:
+        weight_name = None
+        if e.name.endswith("_scale_inv"):
+            weight_name = e.name.removesuffix("_scale_inv")
+        elif e.name.endswith(".qscale_weight"):
+            weight_name = e.name.removesuffix("qscale_weight") + "weight"
+        elif e.name.endswith((".activation_scale", "_activation_scale", ".qscale_act")):
+            drop.add(e.name)
+        if weight_name is not None:
+            if weight_name not in by_name:
+                raise SourceError(f"{path}: {e.name} has no weight {weight_name} to scale")
+            w = by_name[weight_name]
+            w.scale, w.block = e, tuple(int(b) for b in block) if block else None
+            drop.add(e.name)
+    return [e for e in entries if e.name not in drop]
 
 
 def read_shards(path: Path) -> list[tuple[str, str, tuple[int, ...], Path, int, int]]:

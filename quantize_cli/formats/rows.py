@@ -108,10 +108,12 @@ def first_invalid_block(qtype: T, rows: np.ndarray) -> BadBlock | None:
     offsets = _FP16_SCALES.get(name)
     if offsets is None:
         raise ValueError(f"no row validation for {name}")
+    scales = [np.ascontiguousarray(blocks[:, :, off:off + 2]).view(np.uint16)[:, :, 0] for off in offsets]
+    if all(_all_finite(h, 0x7FFF, 0x7C00) for h in scales):
+        return None
     inf = np.zeros(blocks.shape[:2], dtype=bool)
     nan = np.zeros(blocks.shape[:2], dtype=bool)
-    for off in offsets:
-        h = np.ascontiguousarray(blocks[:, :, off:off + 2]).view(np.uint16)[:, :, 0]
+    for h in scales:
         i, n = _fp16_bad(h)
         inf |= i
         nan |= n

@@ -304,11 +304,14 @@ def write_tensor(tp: TensorPlan, imatrix: ImatrixInput | None, emit: Callable[[n
     key = keys.key.get(tp.name) if keys is not None else None
     if key is None:
         return quantize_tensor(tp, imatrix_for(tp, imatrix), emit)
-    blob = keys.store.get(key, tp.nbytes) if tp.name in keys.present else None
+    store = keys.store
+    blob = store.get(key, tp.nbytes) if tp.name in keys.present else None
     if blob is not None:  # its CRC matched: the bytes the kernel made; validated as written ones are
         check_output_rows(blob, tp, 0)
         return emit(blob)
-    entry = keys.store.writer(key)
+    if not store.fits(tp.nbytes):
+        return quantize_tensor(tp, imatrix_for(tp, imatrix), emit)
+    entry = store.writer(key)
     try:
         def both(out: np.ndarray) -> None:
             emit(out)
@@ -330,7 +333,7 @@ def fill_store(store, imatrix: ImatrixInput | None, log: Callable[[str], None] |
         key = store.key(tp.ref, tp.type, imatrix_for(tp, imatrix))
         if not store.keeps(tp.type) or store.has(key, tp.nbytes):
             continue
-        if store.bytes_written + tp.nbytes > store.max_bytes:
+        if not store.fits(tp.nbytes):
             continue  # it would only push this run's own tensors out
         if log and n % 32 == 0:
             log(f"search cache: quantizing candidates of nearby targets, {n}/{len(todo)}")

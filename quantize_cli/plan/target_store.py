@@ -145,6 +145,10 @@ class TensorStore:
 
     # write -----------------------------------------------------------------------------------
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether this run may keep one more entry of `nbytes` within max_bytes."""
+        return self.bytes_written + HEADER.size + nbytes <= self.max_bytes
+
     def writer(self, key: str) -> "EntryWriter":
         return EntryWriter(self, key)
 
@@ -159,7 +163,7 @@ class TensorStore:
         return out
 
     def trim(self) -> int:
-        """Remove least recently used entries (never this run's) until the entries fit
+        """Remove least recently used entries, other runs' first, until the entries fit
         `max_bytes`; returns the bytes removed."""
         entries = []
         for p in self._entries():
@@ -170,11 +174,9 @@ class TensorStore:
             entries.append((st.st_mtime_ns, p.name, p, st.st_size))
         total = sum(e[3] for e in entries)
         removed = 0
-        for _, _, p, size in sorted(entries):
+        for _, _, p, size in sorted(entries, key=lambda e: (e[2] in self.used, e[0], e[1])):
             if total <= self.max_bytes:
                 break
-            if p in self.used:
-                continue
             p.unlink(missing_ok=True)
             total -= size
             removed += size

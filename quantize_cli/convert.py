@@ -329,26 +329,30 @@ def fill_store(store, imatrix: ImatrixInput | None, log: Callable[[str], None] |
     (plan/target.py decides, once per range of targets), within --search-cache-max; then trim
     the cache to it."""
     todo, done = store.nearby() if store.nearby is not None else ([], lambda: None)
-    for n, tp in enumerate(todo):
-        key = store.key(tp.ref, tp.type, imatrix_for(tp, imatrix))
-        if not store.keeps(tp.type) or store.has(key, tp.nbytes):
-            continue
-        if not store.fits(tp.nbytes):
-            continue  # it would only push this run's own tensors out
-        if log and n % 32 == 0:
-            log(f"search cache: quantizing candidates of nearby targets, {n}/{len(todo)}")
-        entry = store.writer(key)
-        try:
-            quantize_tensor(tp, imatrix_for(tp, imatrix), entry.write)
-        except KernelError:
-            entry.abort()  # this type cannot hold the tensor (an Inf scale): no target will choose it
-            continue
-        except BaseException:
-            entry.abort()
-            raise
-        entry.commit()
-        tp.ref.release()
-    done()
+    try:
+        for n, tp in enumerate(todo):
+            key = store.key(tp.ref, tp.type, imatrix_for(tp, imatrix))
+            if not store.keeps(tp.type) or store.has(key, tp.nbytes):
+                continue
+            if not store.fits(tp.nbytes):
+                continue  # it would only push this run's own tensors out
+            if log and n % 32 == 0:
+                log(f"search cache: quantizing candidates of nearby targets, {n}/{len(todo)}")
+            entry = store.writer(key)
+            try:
+                quantize_tensor(tp, imatrix_for(tp, imatrix), entry.write)
+            except KernelError:
+                entry.abort()  # this type cannot hold the tensor (an Inf scale): no target will choose it
+                continue
+            except BaseException:
+                entry.abort()
+                raise
+            entry.commit()
+            tp.ref.release()
+        done()
+    except KeyboardInterrupt:  # the output is complete; what is stored stays, the range is not recorded
+        if log:
+            log("search cache: filling interrupted; the output is complete")
     removed = store.trim()
     if log:
         log(f"search cache: {store.hits} tensors copied, {store.stored} quantized into it "

@@ -159,3 +159,20 @@ def test_disk_bound(tmp_path, imatrix):
 
 def test_header_layout():
     assert HEADER.size == 32 and struct.calcsize("<4sIQI12s") == 32
+
+
+def test_unwritable_cache_does_not_stop_the_run(tmp_path, imatrix, cold, monkeypatch):
+    from types import SimpleNamespace
+
+    import quantize_cli.plan.target_store as target_store
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(target_store, "tempfile", SimpleNamespace(mkstemp=full))
+    _, uncached = cold
+    out = tmp_path / "t.gguf"
+    copied, stored = _copied(_convert(STORIES, out, "--target-bpw", "7.5", "--imatrix", imatrix,
+                                      "--search-cache", tmp_path / "cache"))
+    assert (copied, stored) == (0, 0) and not _entries(tmp_path / "cache")
+    assert _sha(out) == _sha(uncached)

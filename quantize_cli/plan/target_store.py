@@ -133,7 +133,10 @@ class TensorStore:
                   and prefix == bytes.fromhex(key)[:12] and crc32(payload) == crc)
         if not ok:
             self.misses += 1
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
             return None
         self.hits += 1
         self.used.add(path)
@@ -177,40 +180,66 @@ class TensorStore:
         for _, _, p, size in sorted(entries, key=lambda e: (e[2] in self.used, e[0], e[1])):
             if total <= self.max_bytes:
                 break
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                continue
             total -= size
             removed += size
         return removed
 
 
 class EntryWriter:
-    """Streams one tensor's bytes into a temporary file, renamed into place by commit()."""
+    """Streams one tensor's bytes into a temporary file, renamed into place by commit(). The
+    cache only saves time: when it cannot be written (disk full, read-only) the entry is dropped
+    and the run goes on."""
 
     def __init__(self, store: TensorStore, key: str):
         self.store = store
         self.key = key
         self.crc = 0
         self.length = 0
-        fd, self.tmp = tempfile.mkstemp(dir=store.directory, prefix=".q-", suffix=".tmp")
-        self.f = os.fdopen(fd, "wb")
-        self.f.write(b"\0" * HEADER.size)
+        self.f = None
+        try:
+            fd, self.tmp = tempfile.mkstemp(dir=store.directory, prefix=".q-", suffix=".tmp")
+            self.f = os.fdopen(fd, "wb")
+            self.f.write(b"\0" * HEADER.size)
+        except OSError:
+            self.abort()
 
     def write(self, data: np.ndarray) -> None:
+        if self.f is None:
+            return
         flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         self.crc = zlib.crc32(flat, self.crc)
         self.length += flat.size
-        self.f.write(flat.data)
+        try:
+            self.f.write(flat.data)
+        except OSError:
+            self.abort()
 
     def commit(self) -> None:
-        self.f.seek(0)
-        self.f.write(HEADER.pack(MAGIC, STORE_VERSION, self.length, self.crc, bytes.fromhex(self.key)[:12]))
-        self.f.close()
+        if self.f is None:
+            return
         path = self.store.path(self.key)
-        os.replace(self.tmp, path)
+        try:
+            self.f.seek(0)
+            self.f.write(HEADER.pack(MAGIC, STORE_VERSION, self.length, self.crc, bytes.fromhex(self.key)[:12]))
+            self.f.close()
+            os.replace(self.tmp, path)
+        except OSError:
+            self.abort()
+            return
         self.store.used.add(path)
         self.store.stored += 1
         self.store.bytes_written += HEADER.size + self.length
 
     def abort(self) -> None:
-        self.f.close()
-        Path(self.tmp).unlink(missing_ok=True)
+        if self.f is not None:
+            try:
+                self.f.close()
+            except OSError:
+                pass
+        self.f = None
+        if getattr(self, "tmp", None):
+            Path(self.tmp).unlink(missing_ok=True)

@@ -176,3 +176,29 @@ def test_unwritable_cache_does_not_stop_the_run(tmp_path, imatrix, cold, monkeyp
                                       "--search-cache", tmp_path / "cache"))
     assert (copied, stored) == (0, 0) and not _entries(tmp_path / "cache")
     assert _sha(out) == _sha(uncached)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target-bpw", "7", "--search-cache-max", "lots"], "error: --search-cache-max 'lots': expected a number"),
+    (["--search-cache-max", "1GiB"], "--target-types/--search-* need --target-bpw or --target-size"),
+])
+def test_search_cache_max_refusals(tmp_path, args, message):
+    result = runner.invoke(app, ["convert", str(STORIES), str(tmp_path / "t.gguf"), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "t.gguf").exists()
+
+
+def test_other_kernels_reuse_nothing(tmp_path, imatrix, cold, monkeypatch):
+    """An edited kernel source (or another pyquantize, Numba or NumPy) is another key."""
+    import quantize_cli.plan.target_store as target_store
+
+    real = target_store.kernel_identity()
+    monkeypatch.setattr(target_store, "kernel_identity", lambda: real + "-edited")
+    cache, uncached = cold
+    work = tmp_path / "cache"
+    shutil.copytree(cache, work)
+    out = tmp_path / "t.gguf"
+    copied, _ = _copied(_convert(STORIES, out, "--target-bpw", "7.5", "--imatrix", imatrix, "--search-cache", work))
+    assert copied == 0
+    assert _sha(out) == _sha(uncached)

@@ -76,7 +76,7 @@ class TensorStore:
         self.directory = Path(directory)
         self.source_key = source_key
         self.max_bytes = max_bytes
-        self.kernels = kernel_identity()
+        self._kernels = ""  # kernel_identity(), on first use (a --dry-run never needs it)
         self.used: set[Path] = set()  # entries this run read or wrote (kept when trimming)
         self.hits = self.misses = self.stored = 0
         self.bytes_written = 0
@@ -97,10 +97,11 @@ class TensorStore:
         return crc
 
     def key(self, ref, qtype: T, imatrix: np.ndarray | None) -> str:
+        self._kernels = self._kernels or kernel_identity()
         h = hashlib.blake2b(digest_size=16)
         im = "none" if imatrix is None else hashlib.blake2b(
             np.ascontiguousarray(imatrix, dtype=np.float32).tobytes(), digest_size=16).hexdigest()
-        h.update(f"{STORE_VERSION}|{self.kernels}|{self.source_key}|{ref.name}|{ref.type.name}|{tuple(ref.ne)}|"
+        h.update(f"{STORE_VERSION}|{self._kernels}|{self.source_key}|{ref.name}|{ref.type.name}|{tuple(ref.ne)}|"
                  f"{self._input_identity(ref)}|{im}|{qtype.name}".encode())
         return h.hexdigest()
 

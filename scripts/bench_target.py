@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Target mode's cost, measured in one run: a whole target-mode run with an empty search cache
 (measurement, calibration, search, write), then a second target from that cache alternated with
-a plain `convert IN OUT Q4_K_M` of the same model at the same threads. Issue 16 asks: the whole
+a plain `convert IN OUT Q4_K_M` of the same model at the same threads (each cached round starts
+from a copy of the cache the cold run left, so every round is a second target, never a third;
+afterwards the second target is made once without the cache and must be the same bytes). Issue 16 asks: the whole
 cold run under 5 minutes for a 135 M-weight model on 2 cores, and the cached one under 1.5x the
 plain convert. Wall and CPU seconds (user + sys of the child) are both printed, with the load
 average, because on a shared machine the wall time is mostly other people's work.

@@ -202,3 +202,18 @@ def test_other_kernels_reuse_nothing(tmp_path, imatrix, cold, monkeypatch):
     copied, _ = _copied(_convert(STORIES, out, "--target-bpw", "7.5", "--imatrix", imatrix, "--search-cache", work))
     assert copied == 0
     assert _sha(out) == _sha(uncached)
+
+
+def test_stale_temporary_entries_are_removed(tmp_path, imatrix):
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale, live = cache / ".q-stale.tmp", cache / ".q-live.tmp"
+    stale.write_bytes(b"x" * 100)
+    live.write_bytes(b"x" * 100)
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    _convert(STORIES, tmp_path / "t.gguf", "--target-bpw", "7", "--imatrix", imatrix, "--search-cache", cache, "--quiet")
+    assert not stale.exists() and live.exists()

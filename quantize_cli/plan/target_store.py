@@ -30,6 +30,7 @@ import hashlib
 import os
 import struct
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,7 @@ HEADER = struct.Struct("<4sIQI12s")  # magic, version, payload bytes, CRC-32, ke
 DEFAULT_MAX_BYTES = 8 << 30
 NOT_KEPT = frozenset((T.F32, T.F16, T.BF16, T.Q8_0))  # as cheap to quantize as to read back
 _CHUNK = 16 << 20
+STALE_TMP_S = 24 * 3600
 
 
 def kernel_identity() -> str:
@@ -172,6 +174,12 @@ class TensorStore:
     def trim(self) -> int:
         """Remove least recently used entries, other runs' first, until the entries fit
         `max_bytes`; returns the bytes removed."""
+        for p in self.directory.glob(".q-*.tmp"):  # left by a killed run; a live one is younger
+            try:
+                if p.stat().st_mtime < time.time() - STALE_TMP_S:
+                    p.unlink(missing_ok=True)
+            except OSError:
+                continue
         entries = []
         for p in self._entries():
             try:

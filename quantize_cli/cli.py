@@ -124,6 +124,7 @@ def convert(
     target_types: Optional[str] = typer.Option(None, "--target-types", metavar="T1,T2,...", help="Target mode: the candidate types (default: K-quants, IQ2-IQ4, legacy, Q8_0, F16).", rich_help_panel="Target mode"),
     search_text: Optional[Path] = typer.Option(None, "--search-text", metavar="FILE", help="Target mode: text for calibrating each tensor's sensitivity (KL divergence) on the forward pass; without it the search uses the imatrix-weighted error alone.", rich_help_panel="Target mode"),
     search_cache: Optional[Path] = typer.Option(None, "--search-cache", metavar="DIR", help="Target mode: keep measurements here, so further targets for the same input and imatrix reuse them.", rich_help_panel="Target mode"),
+    search_cache_max: Optional[str] = typer.Option(None, "--search-cache-max", metavar="SIZE", help="Target mode: disk the quantized tensors kept in --search-cache may take (default 8GiB; 0 keeps measurements only).", rich_help_panel="Target mode"),
     search_chunks: int = typer.Option(1, "--search-chunks", metavar="N", help="Target mode: chunks of --search-text for the calibration.", rich_help_panel="Target mode"),
     search_ctx: int = typer.Option(128, "--search-ctx", metavar="N", help="Target mode: tokens per calibration chunk.", rich_help_panel="Target mode"),
     search_rows: int = typer.Option(64, "--search-rows", metavar="N", help="Target mode: rows measured per tensor and candidate type (0: every row).", rich_help_panel="Target mode"),
@@ -163,16 +164,18 @@ def _parse_positional_target(args: list[str], flag: str):
 
 
 def _target_options(target_bpw, target_size, target_types, search_text, search_cache, search_chunks, search_ctx,
-                    search_rows):
+                    search_rows, search_cache_max=None):
     from .plan.target import TargetOptions, parse_size, parse_types
 
     if target_bpw is None and target_size is None:
-        if target_types or search_text or search_cache:
+        if target_types or search_text or search_cache or search_cache_max is not None:
             fail("--target-types/--search-* need --target-bpw or --target-size")
         return None
     target = TargetOptions(bpw=target_bpw, size=parse_size(target_size) if target_size is not None else None,
                            cache_dir=search_cache, text=search_text, chunks=search_chunks, ctx=search_ctx,
                            rows=search_rows)
+    if search_cache_max is not None:
+        target.cache_max = 0 if search_cache_max.strip() == "0" else parse_size(search_cache_max, "--search-cache-max")
     if target_types:
         target.types = parse_types(target_types)
     return target
@@ -249,13 +252,13 @@ def _convert(args, allow_requantize, leave_output_tensor, pure, imatrix, include
              output_tensor_type, token_embedding_type, tensor_type, tensor_type_file, prune_layers, keep_split,
              override_kv, dry_run, max_buffer_size, threads, no_vocab, quiet, json_out, target_bpw=None,
              target_size=None, target_types=None, search_text=None, search_cache=None, search_chunks=1, search_ctx=128,
-             search_rows=64, **batch_options) -> None:
+             search_rows=64, search_cache_max=None, **batch_options) -> None:
     _quiet_helper_threads()
     from . import convert as conv
     from .sources import open_source
 
     target = _target_options(target_bpw, target_size, target_types, search_text, search_cache, search_chunks,
-                             search_ctx, search_rows)
+                             search_ctx, search_rows, search_cache_max)
     if target is None:
         src, out, ftype, ftype_name, nthreads = _parse_positional(args)
     else:  # the base plan is Q8_0's: which tensors are quantizable, imatrix entries, --tensor-type pins

@@ -218,7 +218,9 @@ def convert(
         refuse_overwriting_inputs(outputs, inputs + [t.path for t in getattr(source, "shards", [])])
 
         t_compile = time.perf_counter()
-        todo = {tp.type for tp in plan.tensors if tp.quantize}
+        store = target.store if target is not None else None
+        keys = stored_keys(plan, imatrix, store)
+        todo = {tp.type for tp in plan.tensors if tp.quantize and tp.name not in keys.present}
         to_read = {tp.ref.type for tp in plan.tensors if tp.quantize and tp.ref.type != T.F32}
         if todo:  # a plain copy (COPY, F32 -> F32) needs no kernel, so Numba is not even imported
             kernels.set_threads(nthreads)
@@ -228,7 +230,9 @@ def convert(
 
         if progress:
             progress("plan", None, sum(tp.ref.nbytes for tp in plan.tensors))
-        write_plan(plan, outputs, imatrix, progress, inputs=inputs)
+        write_plan(plan, outputs, imatrix, progress, inputs=inputs, keys=keys)
+        if store is not None:
+            fill_store(store, imatrix, log)
         n_elements = sum(tp.ref.n_elements for tp in plan.tensors)
         return ConvertResult(outputs, plan, n_elements,
                              sum(tp.ref.nbytes for tp in plan.tensors), sum(tp.nbytes for tp in plan.tensors),
@@ -272,8 +276,93 @@ def imatrix_for(tp: TensorPlan, imatrix: ImatrixInput | None) -> np.ndarray | No
     return np.ascontiguousarray(imatrix.entries[tp.imatrix_name], dtype=np.float32)
 
 
+@dataclass
+class StoredKeys:
+    """Target mode with --search-cache: each kept tensor's key in the store, and which are there."""
+
+    store: object = None
+    key: dict[str, str] = field(default_factory=dict)
+    present: set[str] = field(default_factory=set)
+
+
+def stored_keys(plan: Plan, imatrix: ImatrixInput | None, store) -> StoredKeys:
+    out = StoredKeys(store)
+    if store is None:
+        return out
+    for tp in plan.tensors:
+        if tp.quantize and store.keeps(tp.type):
+            out.key[tp.name] = key = store.key(tp.ref, tp.type, imatrix_for(tp, imatrix))
+            if store.has(key, tp.nbytes):
+                out.present.add(tp.name)
+    return out
+
+
+def write_tensor(tp: TensorPlan, imatrix: ImatrixInput | None, emit: Callable[[np.ndarray], None],
+                 keys: StoredKeys | None = None) -> None:
+    """Quantize one tensor, or copy its bytes from the search cache; a tensor the cache keeps and
+    lacks is stored there as it is written."""
+    key = keys.key.get(tp.name) if keys is not None else None
+    if key is None:
+        return quantize_tensor(tp, imatrix_for(tp, imatrix), emit)
+    store = keys.store
+    blob = store.get(key, tp.nbytes) if tp.name in keys.present else None
+    if blob is not None:  # its CRC matched: the bytes the kernel made; validated as written ones are
+        check_output_rows(blob, tp, 0)
+        return emit(blob)
+    if not store.fits(tp.nbytes):
+        return quantize_tensor(tp, imatrix_for(tp, imatrix), emit)
+    entry = store.writer(key)
+    try:
+        def both(out: np.ndarray) -> None:
+            emit(out)
+            entry.write(out)
+
+        quantize_tensor(tp, imatrix_for(tp, imatrix), both)
+    except BaseException:
+        entry.abort()
+        raise
+    entry.commit()
+
+
+def fill_store(store, imatrix: ImatrixInput | None, log: Callable[[str], None] | None = None) -> None:
+    """After the output is written: quantize into the cache what nearby targets would choose
+    (plan/target.py decides, once per range of targets), within --search-cache-max; then trim
+    the cache to it."""
+    todo, done = store.nearby() if store.nearby is not None else ([], lambda: None)
+    try:
+        for n, tp in enumerate(todo):
+            key = store.key(tp.ref, tp.type, imatrix_for(tp, imatrix))
+            if not store.keeps(tp.type) or store.has(key, tp.nbytes):
+                continue
+            if not store.fits(tp.nbytes):
+                continue  # it would only push this run's own tensors out
+            if log and n % 32 == 0:
+                log(f"search cache: quantizing candidates of nearby targets, {n}/{len(todo)}")
+            entry = store.writer(key)
+            try:
+                quantize_tensor(tp, imatrix_for(tp, imatrix), entry.write)
+            except KernelError:
+                entry.abort()  # this type cannot hold the tensor (an Inf scale): no target will choose it
+                continue
+            except BaseException:
+                entry.abort()
+                raise
+            entry.commit()
+            tp.ref.release()
+        done()
+    except KeyboardInterrupt:  # the output is complete; what is stored stays, the range is not recorded
+        if log:
+            log("search cache: filling interrupted; the output is complete")
+    removed = store.trim()
+    if log:
+        log(f"search cache: {store.hits} tensors copied, {store.stored} quantized into it "
+            f"({store.bytes_written / 2**20:.1f} MiB); {store.size_on_disk() / 2**20:.1f} MiB of tensors kept"
+            + (f", {removed / 2**20:.1f} MiB least recently used removed" if removed else ""))
+
+
 def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
-               progress: Callable[[str, TensorPlan, int], None] | None = None, inputs=()) -> None:
+               progress: Callable[[str, TensorPlan, int], None] | None = None, inputs=(),
+               keys: StoredKeys | None = None) -> None:
     with atomic_outputs(outputs, inputs) as temps:
         for shard, tmp in enumerate(temps):
             members = [tp for tp in plan.tensors if tp.split == shard]
@@ -288,7 +377,7 @@ def write_plan(plan: Plan, outputs: list[Path], imatrix: ImatrixInput | None,
                     if progress:
                         progress("start", tp, tp.ref.nbytes)
                     if tp.quantize:
-                        quantize_tensor(tp, imatrix_for(tp, imatrix), writer.write)
+                        write_tensor(tp, imatrix, writer.write, keys)
                     else:
                         copy_tensor(tp, writer.write)
                     writer.end_tensor()

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Target mode's cost, measured in one run: a whole target-mode run with an empty search cache
 (measurement, calibration, search, write), then a second target from that cache alternated with
-a plain `convert IN OUT Q4_K_M` of the same model at the same threads. Issue 16 asks: the whole
+a plain `convert IN OUT Q4_K_M` of the same model at the same threads (each cached round starts
+from a copy of the cache the cold run left, so every round is a second target, never a third;
+afterwards the second target is made once without the cache and must be the same bytes). Issue 16 asks: the whole
 cold run under 5 minutes for a 135 M-weight model on 2 cores, and the cached one under 1.5x the
 plain convert. Wall and CPU seconds (user + sys of the child) are both printed, with the load
 average, because on a shared machine the wall time is mostly other people's work.
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,6 +55,7 @@ def main() -> None:
     ap.add_argument("--search-chunks", default="1")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="plain / cached pairs, alternated")
+    ap.add_argument("--no-check", action="store_true", help="skip the uncached run that checks the bytes")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.sizes:
@@ -70,12 +74,23 @@ def main() -> None:
         (tmp / "warm.gguf").unlink()
         search = ["--search-text", str(args.text), "--search-chunks", args.search_chunks, "--search-cache", str(tmp / "cache")]
         cold = run(["convert", str(args.model), str(tmp / "t1.gguf"), *first, *search, *common])
-        load.append(os.getloadavg()[0])
+        load_cold = [load[0], os.getloadavg()[0]]
+        load.append(load_cold[1])
+        cache_bytes = sum(p.stat().st_size for p in (tmp / "cache").iterdir())
+        # each round starts from the cache the cold run left: a second target, never a third
+        shutil.copytree(tmp / "cache", tmp / "cold-cache")
         plain, cached = [], []
         for _ in range(args.rounds):
             plain.append(run(["convert", str(args.model), str(tmp / "plain.gguf"), "Q4_K_M", *common]))
+            shutil.rmtree(tmp / "cache")
+            shutil.copytree(tmp / "cold-cache", tmp / "cache")
             cached.append(run(["convert", str(args.model), str(tmp / "t2.gguf"), *second, *search, *common]))
             load.append(os.getloadavg()[0])
+        if not args.no_check:  # the cached file is the file a run without the cache writes
+            run(["convert", str(args.model), str(tmp / "t2-uncached.gguf"), *second, *search[:4], *common])
+            same = (tmp / "t2.gguf").read_bytes() == (tmp / "t2-uncached.gguf").read_bytes()
+            if not same:
+                raise SystemExit("error: the second target from the cache differs from the same run without it")
     ratios_wall = [c[0] / p[0] for p, c in zip(plain, cached)]
     ratios_cpu = [c[1] / p[1] for p, c in zip(plain, cached)]
     med = statistics.median
@@ -84,10 +99,12 @@ def main() -> None:
               "plain_q4_k_m_wall_s": [round(p[0], 2) for p in plain], "plain_q4_k_m_cpu_s": [round(p[1], 2) for p in plain],
               "cached_wall_s": [round(c[0], 2) for c in cached], "cached_cpu_s": [round(c[1], 2) for c in cached],
               "cached_over_plain_wall": round(med(ratios_wall), 3), "cached_over_plain_cpu": round(med(ratios_cpu), 3),
+              "cache_bytes_after_cold": cache_bytes, "cold_load_average_1min": [round(v, 2) for v in load_cold],
               "load_average_1min": [round(v, 2) for v in load]}
     print(f"{args.model.name}, {args.threads} threads, load average {min(load):.1f}-{max(load):.1f}:")
     print(f"  cold target run ({' '.join(first)}, empty cache): {cold[0]:.1f} s wall, {cold[1]:.1f} s CPU "
-          f"(target < {COLD_LIMIT_S:.0f} s{'' if cold[0] < COLD_LIMIT_S else '; wall over it'})")
+          f"(target < {COLD_LIMIT_S:.0f} s{'' if cold[0] < COLD_LIMIT_S else '; wall over it'}), load average "
+          f"{load_cold[0]:.1f} before, {load_cold[1]:.1f} after; cache {cache_bytes / 2**20:.1f} MiB")
     print(f"  second target from the cache ({' '.join(second)}) against a plain Q4_K_M, {args.rounds} alternated pairs: "
           f"wall {med([c[0] for c in cached]):.2f} / {med([p[0] for p in plain]):.2f} s = {med(ratios_wall):.2f}x, "
           f"CPU {med([c[1] for c in cached]):.2f} / {med([p[1] for p in plain]):.2f} s = {med(ratios_cpu):.2f}x "

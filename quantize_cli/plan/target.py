@@ -38,7 +38,8 @@ from .ftypes import FTYPE_GUESSED, FType, row_bytes, type_sizes
 from .make import Plan, TensorPlan
 from .options import QuantizeOptions, _compile, parse_tensor_type
 from .rules import _fallback, _guess_ftype, allows_quantization
-from .target_solve import Item, solve
+from .target_solve import Infeasible, Item, solve
+from .target_store import DEFAULT_MAX_BYTES, TensorStore
 
 CACHE_VERSION = 1
 # Every type stock llama.cpp loads that is worth a place in a mix. Left out unless named in
@@ -49,6 +50,10 @@ DEFAULT_TYPES = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ2_XXS, T.IQ2_XS, T.
 # ggml_quantize_requires_imatrix (the kernels refuse these without one; kept here so that a cached
 # search imports no kernel family it will not write; tests/test_target.py checks it)
 NEEDS_IMATRIX = frozenset((T.IQ2_XXS, T.IQ2_XS, T.IQ1_S))
+# The first run that writes a file for a model also quantizes what the targets within this range
+# of its own would choose (solved at each step), so that a nearby second target mostly copies
+# bytes: SmolLM2-135M at 4.5 bpw, the mix of 5 bpw is 66 M of 134 M weights away.
+NEARBY = tuple(round(1 + k * 0.025, 3) for k in range(-6, 7) if k)
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
 
 
@@ -62,21 +67,24 @@ class TargetOptions:
     chunks: int = 1
     ctx: int = 128
     rows: int = 64  # rows measured per tensor and candidate (0: all)
+    cache_max: int = DEFAULT_MAX_BYTES  # disk for quantized tensors in cache_dir (0: keep none)
+    # set by target_plan when cache_dir is given: the quantized tensors the writer may reuse
+    store: "TensorStore | None" = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         return f"--target-size {self.size}" if self.size is not None else f"--target-bpw {self.bpw:g}"
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, flag: str = "--target-size") -> int:
     """'95MiB', '100 MB', '1.5GiB', '123456' (bytes) -> bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text or "")
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _SIZE_UNITS:
-        raise PlanError(f"--target-size {text!r}: expected a number with an optional unit "
+        raise PlanError(f"{flag} {text!r}: expected a number with an optional unit "
                         "(B, KB, KiB, MB, MiB, GB, GiB), e.g. 95MiB")
     size = int(float(m.group(1)) * _SIZE_UNITS[unit])
     if size <= 0:
-        raise PlanError(f"--target-size {text!r}: must be more than 0 bytes")
+        raise PlanError(f"{flag} {text!r}: must be more than 0 bytes")
     return size
 
 
@@ -284,6 +292,7 @@ def target_plan(source: Source, base: Plan, options: QuantizeOptions, imatrix_en
 
     # 2. sensitivities from the forward pass (KLD per unit of weighted error)
     calibration = None
+    sens_key = ""
     if target.text is not None:
         if model_path is None:
             raise PlanError("--search-text needs a GGUF input to run the forward pass; convert the checkpoint to F16 GGUF first")
@@ -314,6 +323,12 @@ def target_plan(source: Source, base: Plan, options: QuantizeOptions, imatrix_en
         items.append(Item(tuple(weight(ref.nrows * row_bytes(t, ref.n_per_row)) for t in f.types),
                           tuple(s * errors[f.tp.name][t.name] for t in f.types)))
     choice = solve(items, capacity)  # feasible: checked above
+    if target.cache_dir is not None and target.cache_max > 0:
+        limit = target.size if target.size is not None else int(target.bpw * base.n_elements / 8)
+        nearby_key = _key("nearby", errors_key, sens_key, target.size is None,
+                          [[t.name for t in f.types] for f in free])
+        target.store = TensorStore(target.cache_dir, source_key, target.cache_max)
+        target.store.nearby = lambda: _nearby(cache, nearby_key, free, items, choice, capacity, limit, tensors)
 
     predicted = 0.0
     for f, it, k in zip(free, items, choice):
@@ -335,6 +350,28 @@ def target_plan(source: Source, base: Plan, options: QuantizeOptions, imatrix_en
     if target.size is not None and file_bytes > target.size:  # the solver guarantees it; say so if not
         raise AssertionError(f"target search overshot: {file_bytes} > {target.size}")
     return out
+
+
+def _nearby(cache: _Cache, nearby_key: str, free: list[_Free], items: list[Item], choice: list[int], capacity: int,
+            limit: int, tensors: list[TensorPlan]) -> tuple[list[TensorPlan], Callable[[], None]]:
+    """What the targets within NEARBY of this one would choose and this one does not: the plans
+    (tensor, type) to quantize into the cache, and a callback recording that it was done. Empty
+    when an earlier run already covered this target (the cache notes the ranges it filled)."""
+    ranges = (cache.load("nearby", nearby_key) or {}).get("ranges", [])
+    if any(lo <= limit <= hi for lo, hi in ranges):
+        return [], lambda: None
+    chosen = [{k} for k in choice]
+    for factor in NEARBY:
+        try:
+            other = solve(items, capacity + int((factor - 1) * limit))
+        except Infeasible:
+            continue
+        for picks, k in zip(chosen, other):
+            picks.add(k)
+    todo = [replace(tensors[f.index], type=f.types[k], requires_imatrix=f.types[k] in NEEDS_IMATRIX)
+            for i, (f, picks) in enumerate(zip(free, chosen)) for k in sorted(picks) if k != choice[i]]
+    span = [int(limit * NEARBY[0]), int(limit * NEARBY[-1])]
+    return todo, lambda: cache.save("nearby", nearby_key, {"ranges": ranges + [span]})
 
 
 def mixed_ftype(chosen: list[TensorPlan]) -> int:

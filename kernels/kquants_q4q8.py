@@ -26,14 +26,20 @@ from .kquants_common import (
 )
 from .solvers import (
     GROUP_MAX_EPS,
+    QKX_LANES,
+    QKX_TMP,
+    QKX_W,
+    QKX_X,
     fp16_to_fp32_fast,
     fp32_to_fp16_fast,
     get_scale_min_k4,
-    make_qkx2_quants,
+    make_qkx2_quants_lanes,
     make_qkx3_quants,
     make_qp_quants,
     make_qx_quants,
     nearest_int_fast,
+    qkx_lanes_levels,
+    qkx_lanes_scratch,
     solver_scratch,
 )
 
@@ -86,53 +92,84 @@ def _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _k4_ref_put_lanes(xc, ng, s):
+    """Group g = 0..ng-1 of xc (32 weights each) into lane g of make_qkx2_quants_lanes' planes,
+    with quantize_row_q4_K_ref's weights: av_x + |x|, av_x = sqrtf(sum_x2/32). Each lane sums
+    in the C's order; lanes >= ng keep what they held (the search's result there is unused)."""
+    LN = QKX_LANES
+    for g in range(ng):
+        for l in range(32):
+            s[QKX_X + l * LN + g] = xc[32 * g + l]
+    for g in range(LN):
+        s[QKX_TMP + g] = _ZERO
+    for l in range(32):
+        for g in range(LN):
+            v = s[QKX_X + l * LN + g]
+            s[QKX_TMP + g] += v * v  # sum_x2 += x*x
+    for g in range(LN):
+        s[QKX_TMP + g] = np.sqrt(s[QKX_TMP + g] / _F32)  # av_x
+    for l in range(32):
+        for g in range(LN):
+            s[QKX_W + l * LN + g] = s[QKX_TMP + g] + abs(s[QKX_X + l * LN + g])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
     """quantize_row_q4_K_ref (nmax 15) / quantize_row_q5_K_ref (nmax 31); they differ only in
-    nmax, the make_qkx2_quants parameters and the packing of the quants."""
+    nmax, the make_qkx2_quants parameters and the packing of the quants.
+
+    The sub-block searches run QKX_LANES at a time (8 super-blocks) in make_qkx2_quants_lanes
+    (a tail of up to 4 super-blocks on 32 lanes), then each super-block is finished as in the
+    C. Its L from the search is computed only for sub-blocks whose scale d is 0: elsewhere the
+    final requantization overwrites it."""
     nb = x.shape[0] // QK_K
-    sbuf = solver_scratch()
+    s = qkx_lanes_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)
-    Laux = np.zeros(32, dtype=np.uint8)
-    weights = np.empty(32, dtype=np.float32)
     ds = np.empty(QK_K, dtype=np.float32)
     ms = np.empty(QK_K, dtype=np.float32)
-    mins = np.empty(QK_K // 32, dtype=np.float32)
-    scales = np.empty(QK_K // 32, dtype=np.float32)
-    for i in range(nb):
-        xb = x[i * QK_K:(i + 1) * QK_K]
-        o = i * bs
-        max_scale = _ZERO  # as we are deducting the min, scales are always positive
-        max_min = _ZERO
-        for j in range(QK_K // 32):
-            sum_x2 = _ZERO
-            for l in range(32):
-                sum_x2 += xb[32 * j + l] * xb[32 * j + l]
-            av_x = np.sqrt(sum_x2 / _F32)
-            for l in range(32):
-                weights[l] = av_x + abs(xb[32 * j + l])
-            scale, the_min = make_qkx2_quants(32, nmax, xb[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
-                                              Laux, rmin, rdelta, nstep, False, sbuf)
-            scales[j] = scale
-            mins[j] = the_min
-            if scale > max_scale:
-                max_scale = scale
-            if the_min > max_min:
-                max_min = the_min
-        inv_scale = _F63 / max_scale if max_scale > _ZERO else _ZERO
-        inv_min = _F63 / max_min if max_min > _ZERO else _ZERO
-        for j in range(QK_K // 32):
-            ls = min(63, nearest_int_fast(inv_scale * scales[j]) & 0xFF)  # uint8_t ls = nearest_int(...)
-            lm = min(63, nearest_int_fast(inv_min * mins[j]) & 0xFF)
-            _put_scale_min_k4(y, o + 4, j, np.int64(ls), np.int64(lm))
-        hd = fp32_to_fp16_fast(max_scale / _F63)
-        hm = fp32_to_fp16_fast(max_min / _F63)
-        _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
-        _put_fp16(y, o, hd)
-        _put_fp16(y, o + 2, hm)
-        if nmax == 15:
-            _pack_q4_k(L, y, o)
+    mins = np.zeros(QKX_LANES, dtype=np.float32)
+    scales = np.zeros(QKX_LANES, dtype=np.float32)
+    iscales = np.zeros(QKX_LANES, dtype=np.float32)
+    lmins = np.zeros(QKX_LANES, dtype=np.float32)
+    per_call = QKX_LANES // 8
+    for c0 in range(0, nb, per_call):
+        nbc = min(per_call, nb - c0)
+        _k4_ref_put_lanes(x[c0 * QK_K:(c0 + nbc) * QK_K], 8 * nbc, s)
+        if nbc > 4:
+            make_qkx2_quants_lanes(s, 64, 32, nmax, rmin, rdelta, nstep, False, scales, mins, iscales, lmins)
         else:
-            _pack_q5_k(L, y, o)
+            make_qkx2_quants_lanes(s, 32, 32, nmax, rmin, rdelta, nstep, False, scales, mins, iscales, lmins)
+        for ib in range(nbc):
+            i = c0 + ib
+            xb = x[i * QK_K:(i + 1) * QK_K]
+            o = i * bs
+            j0 = 8 * ib
+            max_scale = _ZERO  # as we are deducting the min, scales are always positive
+            max_min = _ZERO
+            for j in range(QK_K // 32):
+                if scales[j0 + j] > max_scale:
+                    max_scale = scales[j0 + j]
+                if mins[j0 + j] > max_min:
+                    max_min = mins[j0 + j]
+            inv_scale = _F63 / max_scale if max_scale > _ZERO else _ZERO
+            inv_min = _F63 / max_min if max_min > _ZERO else _ZERO
+            hd = fp32_to_fp16_fast(max_scale / _F63)
+            hm = fp32_to_fp16_fast(max_min / _F63)
+            dall = fp16_to_fp32_fast(hd)
+            for j in range(QK_K // 32):
+                ls = min(63, nearest_int_fast(inv_scale * scales[j0 + j]) & 0xFF)  # uint8_t ls = nearest_int(...)
+                lm = min(63, nearest_int_fast(inv_min * mins[j0 + j]) & 0xFF)
+                _put_scale_min_k4(y, o + 4, j, np.int64(ls), np.int64(lm))
+                if dall * f32(ls) == _ZERO:  # the requantization keeps the search's L here
+                    qkx_lanes_levels(xb[32 * j:32 * j + 32], 32, nmax, iscales[j0 + j], lmins[j0 + j],
+                                     L[32 * j:32 * j + 32])
+            _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
+            _put_fp16(y, o, hd)
+            _put_fp16(y, o + 2, hm)
+            if nmax == 15:
+                _pack_q4_k(L, y, o)
+            else:
+                _pack_q5_k(L, y, o)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

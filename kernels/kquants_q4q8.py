@@ -36,10 +36,11 @@ from .solvers import (
     make_qkx2_quants_lanes,
     make_qkx3_quants,
     make_qp_quants,
-    make_qx_quants,
+    make_qx_quants_lanes,
     nearest_int_fast,
     qkx_lanes_levels,
     qkx_lanes_scratch,
+    qx_lanes_levels,
     solver_scratch,
 )
 
@@ -321,58 +322,85 @@ def _k4_dequantize_row(b, y, bs, high):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _q6_k_put_lanes(xc, qw, ng, s):
+    """Group g = 0..ng-1 of xc (16 weights each) into lane g of make_qx_quants_lanes' planes,
+    with its importance weights: qw's (the imatrix of these weights) or x*x (qw None)."""
+    LN = QKX_LANES
+    for g in range(ng):
+        for l in range(16):
+            v = xc[16 * g + l]
+            s[QKX_X + l * LN + g] = v
+            s[QKX_W + l * LN + g] = v * v if qw is None else qw[16 * g + l]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _q6_k_row(x, y, quant_weights):
+    """quantize_row_q6_K_ref (quant_weights None) / quantize_row_q6_K_impl. The 16-weight group
+    searches run QKX_LANES at a time (4 super-blocks; a tail of up to 2 on 32 lanes) in
+    make_qx_quants_lanes; a group's L from the search is computed only where its scale d is 0
+    (elsewhere the final requantization overwrites it)."""
     nb = x.shape[0] // QK_K
-    sbuf = solver_scratch()
+    s = qkx_lanes_scratch()
     L = np.zeros(QK_K, dtype=np.int8)
-    scales = np.empty(QK_K // 16, dtype=np.float32)
+    lane_scales = np.zeros(QKX_LANES, dtype=np.float32)
+    iscales = np.zeros(QKX_LANES, dtype=np.float32)
     sc = np.empty(QK_K // 16, dtype=np.int64)
     ds = np.empty(QK_K, dtype=np.float32)
-    for i in range(nb):
-        xb = x[i * QK_K:(i + 1) * QK_K]
-        o = i * Q6_K_BYTES
-        max_scale = _ZERO
-        max_abs_scale = _ZERO
-        for ib in range(QK_K // 16):
-            if quant_weights is None:
-                scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1, None, sbuf)
-            else:
-                qo = QK_K * i + 16 * ib
-                scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1,
-                                       quant_weights[qo:qo + 16], sbuf)
-            scales[ib] = scale
-            abs_scale = abs(scale)
-            if abs_scale > max_abs_scale:
-                max_abs_scale = abs_scale
-                max_scale = scale
-        if max_abs_scale < GROUP_MAX_EPS:
-            for k in range(Q6_K_BYTES):
-                y[o + k] = 0  # memset(&y[i], 0, ...); d = fp16(0) is 0 too
-            continue
-        iscale = _M128 / max_scale
-        hd = fp32_to_fp16_fast(_ONE / iscale)
-        _put_fp16(y, o + 208, hd)
-        for ib in range(QK_K // 16):
-            v = min(127, nearest_int_fast(iscale * scales[ib]))
-            sc[ib] = ((v + 128) & 0xFF) - 128  # stored as int8_t
-            y[o + 192 + ib] = sc[ib] & 0xFF
-        dall = fp16_to_fp32_fast(hd)
-        for j in range(QK_K // 16):
-            ds[16 * j:16 * j + 16] = dall * f32(sc[j])
-        _requantize(xb, None, ds, L, -32, 31, 32)
-        ql = o
-        qh = o + 128
-        for j in range(0, QK_K, 128):
-            for l in range(32):
-                l0 = np.int64(L[j + l])
-                l1 = np.int64(L[j + l + 32])
-                l2 = np.int64(L[j + l + 64])
-                l3 = np.int64(L[j + l + 96])
-                y[ql + l] = ((l0 & 0xF) | ((l2 & 0xF) << 4)) & 0xFF
-                y[ql + l + 32] = ((l1 & 0xF) | ((l3 & 0xF) << 4)) & 0xFF
-                y[qh + l] = ((l0 >> 4) | ((l1 >> 4) << 2) | ((l2 >> 4) << 4) | ((l3 >> 4) << 6)) & 0xFF
-            ql += 64
-            qh += 32
+    per_call = QKX_LANES // 16
+    for c0 in range(0, nb, per_call):
+        nbc = min(per_call, nb - c0)
+        xc = x[c0 * QK_K:(c0 + nbc) * QK_K]
+        if quant_weights is None:
+            _q6_k_put_lanes(xc, None, 16 * nbc, s)
+        else:
+            _q6_k_put_lanes(xc, quant_weights[c0 * QK_K:(c0 + nbc) * QK_K], 16 * nbc, s)
+        if nbc > 2:
+            make_qx_quants_lanes(s, 64, 16, 32, lane_scales, iscales)
+        else:
+            make_qx_quants_lanes(s, 32, 16, 32, lane_scales, iscales)
+        for ibc in range(nbc):
+            i = c0 + ibc
+            xb = x[i * QK_K:(i + 1) * QK_K]
+            scales = lane_scales[16 * ibc:16 * ibc + 16]
+            o = i * Q6_K_BYTES
+            max_scale = _ZERO
+            max_abs_scale = _ZERO
+            for ib in range(QK_K // 16):
+                scale = scales[ib]
+                abs_scale = abs(scale)
+                if abs_scale > max_abs_scale:
+                    max_abs_scale = abs_scale
+                    max_scale = scale
+            if max_abs_scale < GROUP_MAX_EPS:
+                for k in range(Q6_K_BYTES):
+                    y[o + k] = 0  # memset(&y[i], 0, ...); d = fp16(0) is 0 too
+                continue
+            iscale = _M128 / max_scale
+            hd = fp32_to_fp16_fast(_ONE / iscale)
+            _put_fp16(y, o + 208, hd)
+            dall = fp16_to_fp32_fast(hd)
+            for ib in range(QK_K // 16):
+                v = min(127, nearest_int_fast(iscale * scales[ib]))
+                sc[ib] = ((v + 128) & 0xFF) - 128  # stored as int8_t
+                y[o + 192 + ib] = sc[ib] & 0xFF
+                if dall * f32(sc[ib]) == _ZERO:  # the requantization keeps the search's L here
+                    qx_lanes_levels(xb[16 * ib:16 * ib + 16], 16, 32, iscales[16 * ibc + ib], L[16 * ib:16 * ib + 16])
+            for j in range(QK_K // 16):
+                ds[16 * j:16 * j + 16] = dall * f32(sc[j])
+            _requantize(xb, None, ds, L, -32, 31, 32)
+            ql = o
+            qh = o + 128
+            for j in range(0, QK_K, 128):
+                for l in range(32):
+                    l0 = np.int64(L[j + l])
+                    l1 = np.int64(L[j + l + 32])
+                    l2 = np.int64(L[j + l + 64])
+                    l3 = np.int64(L[j + l + 96])
+                    y[ql + l] = ((l0 & 0xF) | ((l2 & 0xF) << 4)) & 0xFF
+                    y[ql + l + 32] = ((l1 & 0xF) | ((l3 & 0xF) << 4)) & 0xFF
+                    y[qh + l] = ((l0 >> 4) | ((l1 >> 4) << 2) | ((l2 >> 4) << 4) | ((l3 >> 4) << 6)) & 0xFF
+                ql += 64
+                qh += 32
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -497,6 +497,78 @@ def qkx_lanes_levels(x, n, nmax, iscale, lmin, L):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def make_qx_quants_lanes(s, nl, n, nmax, scales, iscales):
+    """make_qx_quants(n, nmax, x_g, L_g, rmse_type=1, qw_g) for the nl groups g whose weights
+    (plane QKX_X) and importance weights (plane QKX_W: qw, or x*x where the C has qw NULL) the
+    caller put in s, as make_qkx2_quants_lanes. scales[g] gets the C's return value; the quants
+    follow from iscales[g] (qx_lanes_levels; 0 for an all-zero group).
+
+    The 19 scales the C tries (its first guess, then is = -9..9 without 0) run as 19 passes over
+    all lanes, each lane summing in the C's order; the C's choice, made in trial order, is a
+    select per lane. The per-group make_qx_quants sums its 19 trials as lanes of one pass; here
+    no lane idles (it used 24 for 19) and the amax scan and L vectorize too."""
+    fnmax = f32(nmax)
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    L_ = QKX_LANES
+    for g in range(nl):
+        s[_QMX + g] = _ZERO  # max
+        s[_QMN + g] = _ZERO  # amax
+    for i in range(n):
+        for g in range(nl):
+            xi = s[QKX_X + i * L_ + g]
+            ax = abs(xi)
+            gt = ax > s[_QMN + g]  # if (ax > amax) { amax = ax; max = x[i]; }
+            s[_QMN + g] = ax if gt else s[_QMN + g]
+            s[_QMX + g] = xi if gt else s[_QMX + g]
+    for t in range(19):
+        # t = 0: the first guess -nmax/max; then is = -9..-1, 1..9
+        is_ = t - 10 if t < 10 else t - 9
+        num = -fnmax if t == 0 else -(fnmax + _TENTH * f32(is_))
+        for g in range(nl):
+            s[_QIS + g] = num / s[_QMX + g]
+            s[_QSXL + g] = _ZERO
+            s[_QSL2 + g] = _ZERO
+        for i in range(n):
+            for g in range(nl):
+                xi = s[QKX_X + i * L_ + g]
+                fl = f32(max(lo, min(hi, np.int32(nearest_int_fast(s[_QIS + g] * xi)))))
+                w = s[QKX_W + i * L_ + g]
+                s[_QSXL + g] += w * xi * fl  # sumlx += w*x[i]*l
+                s[_QSL2 + g] += w * fl * fl  # suml2 += w*l*l
+        if t == 0:
+            for g in range(nl):
+                sumlx = s[_QSXL + g]
+                suml2 = s[_QSL2 + g]
+                scale = sumlx / suml2 if suml2 != _ZERO else _ZERO
+                s[_QSC + g] = scale
+                s[_QBE + g] = scale * sumlx
+                s[_QCI + g] = s[_QIS + g]
+        else:
+            for g in range(nl):
+                sumlx = s[_QSXL + g]
+                suml2 = s[_QSL2 + g]
+                win = (suml2 > _ZERO) & (sumlx * sumlx > s[_QBE + g] * suml2)
+                scale = sumlx / suml2
+                s[_QSC + g] = scale if win else s[_QSC + g]
+                s[_QBE + g] = scale * sumlx if win else s[_QBE + g]
+                s[_QCI + g] = s[_QIS + g] if win else s[_QCI + g]
+    for g in range(nl):
+        flat = s[_QMN + g] < GROUP_MAX_EPS  # all zero: L = 0, scale 0
+        scales[g] = _ZERO if flat else s[_QSC + g]
+        iscales[g] = _ZERO if flat else s[_QCI + g]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def qx_lanes_levels(x, n, nmax, iscale, L):
+    """The quants make_qx_quants leaves in L (int8: nmax + l) for one group, from
+    make_qx_quants_lanes' iscales[g]; 0 marks an all-zero group (L = 0)."""
+    for i in range(n):
+        l = nearest_int_fast(iscale * x[i])
+        L[i] = 0 if iscale == _ZERO else _i8(nmax + max(-nmax, min(nmax - 1, l)))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, scratch=None):
     """make_qkx2_quants: asymmetric (scale, min) search. L is uint8; Laux is unused (the C's
     scratch; kept for the C's signature). Returns (scale, the_min)."""

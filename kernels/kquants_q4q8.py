@@ -34,14 +34,12 @@ from .solvers import (
     fp32_to_fp16_fast,
     get_scale_min_k4,
     make_qkx2_quants_lanes,
-    make_qkx3_quants,
     make_qp_quants,
     make_qx_quants_lanes,
     nearest_int_fast,
     qkx_lanes_levels,
     qkx_lanes_scratch,
     qx_lanes_levels,
-    solver_scratch,
 )
 
 f32 = np.float32
@@ -174,57 +172,86 @@ def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _k4_row_impl(x, y, quant_weights, nmax, bs):
-    """quantize_row_q4_K_impl (nmax 15) / quantize_row_q5_K_impl (nmax 31), imatrix given."""
-    nb = x.shape[0] // QK_K
-    sbuf = solver_scratch()
-    L = np.zeros(QK_K, dtype=np.uint8)
-    Laux = np.zeros(32, dtype=np.uint8)
-    Ls = np.zeros(QK_K // 32, dtype=np.uint8)
-    ds = np.empty(QK_K, dtype=np.float32)
-    ms = np.empty(QK_K, dtype=np.float32)
-    Lm = np.zeros(QK_K // 32, dtype=np.uint8)
-    weights = np.empty(32, dtype=np.float32)
-    sw = np.empty(QK_K // 32, dtype=np.float32)
-    mins = np.empty(QK_K // 32, dtype=np.float32)
-    scales = np.empty(QK_K // 32, dtype=np.float32)
-    for i in range(nb):
-        xb = x[i * QK_K:(i + 1) * QK_K]
-        o = i * bs
+def _k4_impl_put_lanes(xc, qw, nbc, s, sw):
+    """Super-blocks 0..nbc-1 of xc into lanes 8*ib + j of make_qkx2_quants_lanes' planes, with
+    quantize_row_q4_K_impl's weights qw * sqrtf(sigma2 + x*x), sigma2 = 2*sum_x2/256 of the
+    super-block; sw[8*ib + j] gets their sum. Everything summed in the C's order."""
+    LN = QKX_LANES
+    for ib in range(nbc):
+        xb = xc[ib * QK_K:(ib + 1) * QK_K]
+        qb = qw[ib * QK_K:(ib + 1) * QK_K]
         sum_x2 = _ZERO
         for l in range(QK_K):
             sum_x2 += xb[l] * xb[l]
         sigma2 = _F2 * sum_x2 / _F256
         for j in range(QK_K // 32):
-            qo = QK_K * i + 32 * j
-            for l in range(32):
-                weights[l] = quant_weights[qo + l] * np.sqrt(sigma2 + xb[32 * j + l] * xb[32 * j + l])
+            g = 8 * ib + j
             sumw = _ZERO
             for l in range(32):
-                sumw += weights[l]
-            sw[j] = sumw
-            scale, the_min = make_qkx3_quants(32, nmax, xb[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
-                                              Laux, _IMPL_RMIN, _IMPL_RDELTA, 36, False, sbuf)
-            scales[j] = scale
-            mins[j] = the_min
-        d_block = make_qp_quants(QK_K // 32, 63, scales, Ls, sw)
-        m_block = make_qp_quants(QK_K // 32, 63, mins, Lm, sw)
-        for j in range(QK_K // 32):
-            ls = np.int64(Ls[j])
-            lm = np.int64(Lm[j])
-            if nmax == 31:  # only quantize_row_q5_K_impl clamps here
-                ls = min(63, ls)
-                lm = min(63, lm)
-            _put_scale_min_k4(y, o + 4, j, ls, lm)
-        hd = fp32_to_fp16_fast(d_block)
-        hm = fp32_to_fp16_fast(m_block)
-        _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
-        _put_fp16(y, o, hd)
-        _put_fp16(y, o + 2, hm)
-        if nmax == 15:
-            _pack_q4_k(L, y, o)
+                v = xb[32 * j + l]
+                w = qb[32 * j + l] * np.sqrt(sigma2 + v * v)
+                s[QKX_X + l * LN + g] = v
+                s[QKX_W + l * LN + g] = w
+                sumw += w
+            sw[g] = sumw
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _k4_row_impl(x, y, quant_weights, nmax, bs):
+    """quantize_row_q4_K_impl (nmax 15) / quantize_row_q5_K_impl (nmax 31), imatrix given.
+
+    make_qkx3_quants(32, nmax, x, weights, ..., -0.9f, 0.05f, 36, false) with weights given is
+    make_qkx2_quants with `max <= min` for `max == min` (the same test: min <= max always), so
+    the sub-block searches run as lanes in make_qkx2_quants_lanes, as in _k4_row_ref."""
+    nb = x.shape[0] // QK_K
+    s = qkx_lanes_scratch()
+    L = np.zeros(QK_K, dtype=np.uint8)
+    Ls = np.zeros(QK_K // 32, dtype=np.uint8)
+    Lm = np.zeros(QK_K // 32, dtype=np.uint8)
+    ds = np.empty(QK_K, dtype=np.float32)
+    ms = np.empty(QK_K, dtype=np.float32)
+    sw = np.zeros(QKX_LANES, dtype=np.float32)
+    mins = np.zeros(QKX_LANES, dtype=np.float32)
+    scales = np.zeros(QKX_LANES, dtype=np.float32)
+    iscales = np.zeros(QKX_LANES, dtype=np.float32)
+    lmins = np.zeros(QKX_LANES, dtype=np.float32)
+    per_call = QKX_LANES // 8
+    for c0 in range(0, nb, per_call):
+        nbc = min(per_call, nb - c0)
+        _k4_impl_put_lanes(x[c0 * QK_K:(c0 + nbc) * QK_K], quant_weights[c0 * QK_K:(c0 + nbc) * QK_K], nbc, s, sw)
+        if nbc > 4:
+            make_qkx2_quants_lanes(s, 64, 32, nmax, _IMPL_RMIN, _IMPL_RDELTA, 36, False, scales, mins, iscales, lmins)
         else:
-            _pack_q5_k(L, y, o)
+            make_qkx2_quants_lanes(s, 32, 32, nmax, _IMPL_RMIN, _IMPL_RDELTA, 36, False, scales, mins, iscales, lmins)
+        for ib in range(nbc):
+            i = c0 + ib
+            xb = x[i * QK_K:(i + 1) * QK_K]
+            o = i * bs
+            j0 = 8 * ib
+            d_block = make_qp_quants(QK_K // 32, 63, scales[j0:j0 + 8], Ls, sw[j0:j0 + 8])
+            m_block = make_qp_quants(QK_K // 32, 63, mins[j0:j0 + 8], Lm, sw[j0:j0 + 8])
+            for j in range(QK_K // 32):
+                ls = np.int64(Ls[j])
+                lm = np.int64(Lm[j])
+                if nmax == 31:  # only quantize_row_q5_K_impl clamps here
+                    ls = min(63, ls)
+                    lm = min(63, lm)
+                _put_scale_min_k4(y, o + 4, j, ls, lm)
+            hd = fp32_to_fp16_fast(d_block)
+            hm = fp32_to_fp16_fast(m_block)
+            dall = fp16_to_fp32_fast(hd)
+            for j in range(QK_K // 32):
+                sc, m = get_scale_min_k4(j, y, o + 4)
+                if dall * f32(sc) == _ZERO:  # the requantization keeps the search's L here
+                    qkx_lanes_levels(xb[32 * j:32 * j + 32], 32, nmax, iscales[j0 + j], lmins[j0 + j],
+                                     L[32 * j:32 * j + 32])
+            _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
+            _put_fp16(y, o, hd)
+            _put_fp16(y, o + 2, hm)
+            if nmax == 15:
+                _pack_q4_k(L, y, o)
+            else:
+                _pack_q5_k(L, y, o)
 
 
 @njit(cache=True, nogil=True)

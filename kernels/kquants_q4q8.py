@@ -134,10 +134,14 @@ def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
     for c0 in range(0, nb, per_call):
         nbc = min(per_call, nb - c0)
         _k4_ref_put_lanes(x[c0 * QK_K:(c0 + nbc) * QK_K], 8 * nbc, s)
+        # lane counts are literals (the lane loops need them at compile time); nmax and nstep are
+        # not, so Q4_K and Q5_K, ref and imatrix paths share two compiled searches, not eight
         if nbc > 4:
-            make_qkx2_quants_lanes(s, 64, 32, nmax, rmin, rdelta, nstep, False, scales, mins, iscales, lmins)
+            make_qkx2_quants_lanes(s, 64, 32, np.int64(nmax), rmin, rdelta, np.int64(nstep), False, scales, mins,
+                                   iscales, lmins)
         else:
-            make_qkx2_quants_lanes(s, 32, 32, nmax, rmin, rdelta, nstep, False, scales, mins, iscales, lmins)
+            make_qkx2_quants_lanes(s, 32, 32, np.int64(nmax), rmin, rdelta, np.int64(nstep), False, scales, mins,
+                                   iscales, lmins)
         for ib in range(nbc):
             i = c0 + ib
             xb = x[i * QK_K:(i + 1) * QK_K]
@@ -219,10 +223,12 @@ def _k4_row_impl(x, y, quant_weights, nmax, bs):
     for c0 in range(0, nb, per_call):
         nbc = min(per_call, nb - c0)
         _k4_impl_put_lanes(x[c0 * QK_K:(c0 + nbc) * QK_K], quant_weights[c0 * QK_K:(c0 + nbc) * QK_K], nbc, s, sw)
-        if nbc > 4:
-            make_qkx2_quants_lanes(s, 64, 32, nmax, _IMPL_RMIN, _IMPL_RDELTA, 36, False, scales, mins, iscales, lmins)
+        if nbc > 4:  # np.int64(): see _k4_row_ref
+            make_qkx2_quants_lanes(s, 64, 32, np.int64(nmax), _IMPL_RMIN, _IMPL_RDELTA, np.int64(36), False, scales,
+                                   mins, iscales, lmins)
         else:
-            make_qkx2_quants_lanes(s, 32, 32, nmax, _IMPL_RMIN, _IMPL_RDELTA, 36, False, scales, mins, iscales, lmins)
+            make_qkx2_quants_lanes(s, 32, 32, np.int64(nmax), _IMPL_RMIN, _IMPL_RDELTA, np.int64(36), False, scales,
+                                   mins, iscales, lmins)
         for ib in range(nbc):
             i = c0 + ib
             xb = x[i * QK_K:(i + 1) * QK_K]

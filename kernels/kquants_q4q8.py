@@ -26,15 +26,20 @@ from .kquants_common import (
 )
 from .solvers import (
     GROUP_MAX_EPS,
+    QKX_LANES,
+    QKX_TMP,
+    QKX_W,
+    QKX_X,
     fp16_to_fp32_fast,
     fp32_to_fp16_fast,
     get_scale_min_k4,
-    make_qkx2_quants,
-    make_qkx3_quants,
+    make_qkx2_quants_lanes,
     make_qp_quants,
-    make_qx_quants,
+    make_qx_quants_lanes,
     nearest_int_fast,
-    solver_scratch,
+    qkx_lanes_levels,
+    qkx_lanes_scratch,
+    qx_lanes_levels,
 )
 
 f32 = np.float32
@@ -86,107 +91,173 @@ def _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
-    """quantize_row_q4_K_ref (nmax 15) / quantize_row_q5_K_ref (nmax 31); they differ only in
-    nmax, the make_qkx2_quants parameters and the packing of the quants."""
-    nb = x.shape[0] // QK_K
-    sbuf = solver_scratch()
-    L = np.zeros(QK_K, dtype=np.uint8)
-    Laux = np.zeros(32, dtype=np.uint8)
-    weights = np.empty(32, dtype=np.float32)
-    ds = np.empty(QK_K, dtype=np.float32)
-    ms = np.empty(QK_K, dtype=np.float32)
-    mins = np.empty(QK_K // 32, dtype=np.float32)
-    scales = np.empty(QK_K // 32, dtype=np.float32)
-    for i in range(nb):
-        xb = x[i * QK_K:(i + 1) * QK_K]
-        o = i * bs
-        max_scale = _ZERO  # as we are deducting the min, scales are always positive
-        max_min = _ZERO
-        for j in range(QK_K // 32):
-            sum_x2 = _ZERO
-            for l in range(32):
-                sum_x2 += xb[32 * j + l] * xb[32 * j + l]
-            av_x = np.sqrt(sum_x2 / _F32)
-            for l in range(32):
-                weights[l] = av_x + abs(xb[32 * j + l])
-            scale, the_min = make_qkx2_quants(32, nmax, xb[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
-                                              Laux, rmin, rdelta, nstep, False, sbuf)
-            scales[j] = scale
-            mins[j] = the_min
-            if scale > max_scale:
-                max_scale = scale
-            if the_min > max_min:
-                max_min = the_min
-        inv_scale = _F63 / max_scale if max_scale > _ZERO else _ZERO
-        inv_min = _F63 / max_min if max_min > _ZERO else _ZERO
-        for j in range(QK_K // 32):
-            ls = min(63, nearest_int_fast(inv_scale * scales[j]) & 0xFF)  # uint8_t ls = nearest_int(...)
-            lm = min(63, nearest_int_fast(inv_min * mins[j]) & 0xFF)
-            _put_scale_min_k4(y, o + 4, j, np.int64(ls), np.int64(lm))
-        hd = fp32_to_fp16_fast(max_scale / _F63)
-        hm = fp32_to_fp16_fast(max_min / _F63)
-        _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
-        _put_fp16(y, o, hd)
-        _put_fp16(y, o + 2, hm)
-        if nmax == 15:
-            _pack_q4_k(L, y, o)
-        else:
-            _pack_q5_k(L, y, o)
+def _k4_ref_put_lanes(xc, ng, s):
+    """Group g = 0..ng-1 of xc (32 weights each) into lane g of make_qkx2_quants_lanes' planes,
+    with quantize_row_q4_K_ref's weights: av_x + |x|, av_x = sqrtf(sum_x2/32). Each lane sums
+    in the C's order; lanes >= ng keep what they held (the search's result there is unused)."""
+    LN = QKX_LANES
+    for g in range(ng):
+        for l in range(32):
+            s[QKX_X + l * LN + g] = xc[32 * g + l]
+    for g in range(LN):
+        s[QKX_TMP + g] = _ZERO
+    for l in range(32):
+        for g in range(LN):
+            v = s[QKX_X + l * LN + g]
+            s[QKX_TMP + g] += v * v  # sum_x2 += x*x
+    for g in range(LN):
+        s[QKX_TMP + g] = np.sqrt(s[QKX_TMP + g] / _F32)  # av_x
+    for l in range(32):
+        for g in range(LN):
+            s[QKX_W + l * LN + g] = s[QKX_TMP + g] + abs(s[QKX_X + l * LN + g])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _k4_row_impl(x, y, quant_weights, nmax, bs):
-    """quantize_row_q4_K_impl (nmax 15) / quantize_row_q5_K_impl (nmax 31), imatrix given."""
+def _k4_row_ref(x, y, nmax, bs, rmin, rdelta, nstep):
+    """quantize_row_q4_K_ref (nmax 15) / quantize_row_q5_K_ref (nmax 31); they differ only in
+    nmax, the make_qkx2_quants parameters and the packing of the quants.
+
+    The sub-block searches run QKX_LANES at a time (8 super-blocks) in make_qkx2_quants_lanes
+    (a tail of up to 4 super-blocks on 32 lanes), then each super-block is finished as in the
+    C. Its L from the search is computed only for sub-blocks whose scale d is 0: elsewhere the
+    final requantization overwrites it."""
     nb = x.shape[0] // QK_K
-    sbuf = solver_scratch()
+    s = qkx_lanes_scratch()
     L = np.zeros(QK_K, dtype=np.uint8)
-    Laux = np.zeros(32, dtype=np.uint8)
-    Ls = np.zeros(QK_K // 32, dtype=np.uint8)
     ds = np.empty(QK_K, dtype=np.float32)
     ms = np.empty(QK_K, dtype=np.float32)
-    Lm = np.zeros(QK_K // 32, dtype=np.uint8)
-    weights = np.empty(32, dtype=np.float32)
-    sw = np.empty(QK_K // 32, dtype=np.float32)
-    mins = np.empty(QK_K // 32, dtype=np.float32)
-    scales = np.empty(QK_K // 32, dtype=np.float32)
-    for i in range(nb):
-        xb = x[i * QK_K:(i + 1) * QK_K]
-        o = i * bs
+    mins = np.zeros(QKX_LANES, dtype=np.float32)
+    scales = np.zeros(QKX_LANES, dtype=np.float32)
+    iscales = np.zeros(QKX_LANES, dtype=np.float32)
+    lmins = np.zeros(QKX_LANES, dtype=np.float32)
+    per_call = QKX_LANES // 8
+    for c0 in range(0, nb, per_call):
+        nbc = min(per_call, nb - c0)
+        _k4_ref_put_lanes(x[c0 * QK_K:(c0 + nbc) * QK_K], 8 * nbc, s)
+        # lane counts are literals (the lane loops need them at compile time); nmax and nstep are
+        # not, so Q4_K and Q5_K, ref and imatrix paths share two compiled searches, not eight
+        if nbc > 4:
+            make_qkx2_quants_lanes(s, 64, 32, np.int64(nmax), rmin, rdelta, np.int64(nstep), False, scales, mins,
+                                   iscales, lmins)
+        else:
+            make_qkx2_quants_lanes(s, 32, 32, np.int64(nmax), rmin, rdelta, np.int64(nstep), False, scales, mins,
+                                   iscales, lmins)
+        for ib in range(nbc):
+            i = c0 + ib
+            xb = x[i * QK_K:(i + 1) * QK_K]
+            o = i * bs
+            j0 = 8 * ib
+            max_scale = _ZERO  # as we are deducting the min, scales are always positive
+            max_min = _ZERO
+            for j in range(QK_K // 32):
+                if scales[j0 + j] > max_scale:
+                    max_scale = scales[j0 + j]
+                if mins[j0 + j] > max_min:
+                    max_min = mins[j0 + j]
+            inv_scale = _F63 / max_scale if max_scale > _ZERO else _ZERO
+            inv_min = _F63 / max_min if max_min > _ZERO else _ZERO
+            hd = fp32_to_fp16_fast(max_scale / _F63)
+            hm = fp32_to_fp16_fast(max_min / _F63)
+            dall = fp16_to_fp32_fast(hd)
+            for j in range(QK_K // 32):
+                ls = min(63, nearest_int_fast(inv_scale * scales[j0 + j]) & 0xFF)  # uint8_t ls = nearest_int(...)
+                lm = min(63, nearest_int_fast(inv_min * mins[j0 + j]) & 0xFF)
+                _put_scale_min_k4(y, o + 4, j, np.int64(ls), np.int64(lm))
+                if dall * f32(ls) == _ZERO:  # the requantization keeps the search's L here
+                    qkx_lanes_levels(xb[32 * j:32 * j + 32], 32, nmax, iscales[j0 + j], lmins[j0 + j],
+                                     L[32 * j:32 * j + 32])
+            _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
+            _put_fp16(y, o, hd)
+            _put_fp16(y, o + 2, hm)
+            if nmax == 15:
+                _pack_q4_k(L, y, o)
+            else:
+                _pack_q5_k(L, y, o)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _k4_impl_put_lanes(xc, qw, nbc, s, sw):
+    """Super-blocks 0..nbc-1 of xc into lanes 8*ib + j of make_qkx2_quants_lanes' planes, with
+    quantize_row_q4_K_impl's weights qw * sqrtf(sigma2 + x*x), sigma2 = 2*sum_x2/256 of the
+    super-block; sw[8*ib + j] gets their sum. Everything summed in the C's order."""
+    LN = QKX_LANES
+    for ib in range(nbc):
+        xb = xc[ib * QK_K:(ib + 1) * QK_K]
+        qb = qw[ib * QK_K:(ib + 1) * QK_K]
         sum_x2 = _ZERO
         for l in range(QK_K):
             sum_x2 += xb[l] * xb[l]
         sigma2 = _F2 * sum_x2 / _F256
         for j in range(QK_K // 32):
-            qo = QK_K * i + 32 * j
-            for l in range(32):
-                weights[l] = quant_weights[qo + l] * np.sqrt(sigma2 + xb[32 * j + l] * xb[32 * j + l])
+            g = 8 * ib + j
             sumw = _ZERO
             for l in range(32):
-                sumw += weights[l]
-            sw[j] = sumw
-            scale, the_min = make_qkx3_quants(32, nmax, xb[32 * j:32 * j + 32], weights, L[32 * j:32 * j + 32],
-                                              Laux, _IMPL_RMIN, _IMPL_RDELTA, 36, False, sbuf)
-            scales[j] = scale
-            mins[j] = the_min
-        d_block = make_qp_quants(QK_K // 32, 63, scales, Ls, sw)
-        m_block = make_qp_quants(QK_K // 32, 63, mins, Lm, sw)
-        for j in range(QK_K // 32):
-            ls = np.int64(Ls[j])
-            lm = np.int64(Lm[j])
-            if nmax == 31:  # only quantize_row_q5_K_impl clamps here
-                ls = min(63, ls)
-                lm = min(63, lm)
-            _put_scale_min_k4(y, o + 4, j, ls, lm)
-        hd = fp32_to_fp16_fast(d_block)
-        hm = fp32_to_fp16_fast(m_block)
-        _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
-        _put_fp16(y, o, hd)
-        _put_fp16(y, o + 2, hm)
-        if nmax == 15:
-            _pack_q4_k(L, y, o)
+                v = xb[32 * j + l]
+                w = qb[32 * j + l] * np.sqrt(sigma2 + v * v)
+                s[QKX_X + l * LN + g] = v
+                s[QKX_W + l * LN + g] = w
+                sumw += w
+            sw[g] = sumw
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _k4_row_impl(x, y, quant_weights, nmax, bs):
+    """quantize_row_q4_K_impl (nmax 15) / quantize_row_q5_K_impl (nmax 31), imatrix given.
+
+    make_qkx3_quants(32, nmax, x, weights, ..., -0.9f, 0.05f, 36, false) with weights given is
+    make_qkx2_quants with `max <= min` for `max == min` (the same test: min <= max always), so
+    the sub-block searches run as lanes in make_qkx2_quants_lanes, as in _k4_row_ref."""
+    nb = x.shape[0] // QK_K
+    s = qkx_lanes_scratch()
+    L = np.zeros(QK_K, dtype=np.uint8)
+    Ls = np.zeros(QK_K // 32, dtype=np.uint8)
+    Lm = np.zeros(QK_K // 32, dtype=np.uint8)
+    ds = np.empty(QK_K, dtype=np.float32)
+    ms = np.empty(QK_K, dtype=np.float32)
+    sw = np.zeros(QKX_LANES, dtype=np.float32)
+    mins = np.zeros(QKX_LANES, dtype=np.float32)
+    scales = np.zeros(QKX_LANES, dtype=np.float32)
+    iscales = np.zeros(QKX_LANES, dtype=np.float32)
+    lmins = np.zeros(QKX_LANES, dtype=np.float32)
+    per_call = QKX_LANES // 8
+    for c0 in range(0, nb, per_call):
+        nbc = min(per_call, nb - c0)
+        _k4_impl_put_lanes(x[c0 * QK_K:(c0 + nbc) * QK_K], quant_weights[c0 * QK_K:(c0 + nbc) * QK_K], nbc, s, sw)
+        if nbc > 4:  # np.int64(): see _k4_row_ref
+            make_qkx2_quants_lanes(s, 64, 32, np.int64(nmax), _IMPL_RMIN, _IMPL_RDELTA, np.int64(36), False, scales,
+                                   mins, iscales, lmins)
         else:
-            _pack_q5_k(L, y, o)
+            make_qkx2_quants_lanes(s, 32, 32, np.int64(nmax), _IMPL_RMIN, _IMPL_RDELTA, np.int64(36), False, scales,
+                                   mins, iscales, lmins)
+        for ib in range(nbc):
+            i = c0 + ib
+            xb = x[i * QK_K:(i + 1) * QK_K]
+            o = i * bs
+            j0 = 8 * ib
+            d_block = make_qp_quants(QK_K // 32, 63, scales[j0:j0 + 8], Ls, sw[j0:j0 + 8])
+            m_block = make_qp_quants(QK_K // 32, 63, mins[j0:j0 + 8], Lm, sw[j0:j0 + 8])
+            for j in range(QK_K // 32):
+                ls = np.int64(Ls[j])
+                lm = np.int64(Lm[j])
+                if nmax == 31:  # only quantize_row_q5_K_impl clamps here
+                    ls = min(63, ls)
+                    lm = min(63, lm)
+                _put_scale_min_k4(y, o + 4, j, ls, lm)
+            hd = fp32_to_fp16_fast(d_block)
+            hm = fp32_to_fp16_fast(m_block)
+            dall = fp16_to_fp32_fast(hd)
+            for j in range(QK_K // 32):
+                sc, m = get_scale_min_k4(j, y, o + 4)
+                if dall * f32(sc) == _ZERO:  # the requantization keeps the search's L here
+                    qkx_lanes_levels(xb[32 * j:32 * j + 32], 32, nmax, iscales[j0 + j], lmins[j0 + j],
+                                     L[32 * j:32 * j + 32])
+            _k4_requantize(xb, y, o, L, nmax, hd, hm, ds, ms)
+            _put_fp16(y, o, hd)
+            _put_fp16(y, o + 2, hm)
+            if nmax == 15:
+                _pack_q4_k(L, y, o)
+            else:
+                _pack_q5_k(L, y, o)
 
 
 @njit(cache=True, nogil=True)
@@ -284,58 +355,85 @@ def _k4_dequantize_row(b, y, bs, high):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _q6_k_put_lanes(xc, qw, ng, s):
+    """Group g = 0..ng-1 of xc (16 weights each) into lane g of make_qx_quants_lanes' planes,
+    with its importance weights: qw's (the imatrix of these weights) or x*x (qw None)."""
+    LN = QKX_LANES
+    for g in range(ng):
+        for l in range(16):
+            v = xc[16 * g + l]
+            s[QKX_X + l * LN + g] = v
+            s[QKX_W + l * LN + g] = v * v if qw is None else qw[16 * g + l]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _q6_k_row(x, y, quant_weights):
+    """quantize_row_q6_K_ref (quant_weights None) / quantize_row_q6_K_impl. The 16-weight group
+    searches run QKX_LANES at a time (4 super-blocks; a tail of up to 2 on 32 lanes) in
+    make_qx_quants_lanes; a group's L from the search is computed only where its scale d is 0
+    (elsewhere the final requantization overwrites it)."""
     nb = x.shape[0] // QK_K
-    sbuf = solver_scratch()
+    s = qkx_lanes_scratch()
     L = np.zeros(QK_K, dtype=np.int8)
-    scales = np.empty(QK_K // 16, dtype=np.float32)
+    lane_scales = np.zeros(QKX_LANES, dtype=np.float32)
+    iscales = np.zeros(QKX_LANES, dtype=np.float32)
     sc = np.empty(QK_K // 16, dtype=np.int64)
     ds = np.empty(QK_K, dtype=np.float32)
-    for i in range(nb):
-        xb = x[i * QK_K:(i + 1) * QK_K]
-        o = i * Q6_K_BYTES
-        max_scale = _ZERO
-        max_abs_scale = _ZERO
-        for ib in range(QK_K // 16):
-            if quant_weights is None:
-                scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1, None, sbuf)
-            else:
-                qo = QK_K * i + 16 * ib
-                scale = make_qx_quants(16, 32, xb[16 * ib:16 * ib + 16], L[16 * ib:16 * ib + 16], 1,
-                                       quant_weights[qo:qo + 16], sbuf)
-            scales[ib] = scale
-            abs_scale = abs(scale)
-            if abs_scale > max_abs_scale:
-                max_abs_scale = abs_scale
-                max_scale = scale
-        if max_abs_scale < GROUP_MAX_EPS:
-            for k in range(Q6_K_BYTES):
-                y[o + k] = 0  # memset(&y[i], 0, ...); d = fp16(0) is 0 too
-            continue
-        iscale = _M128 / max_scale
-        hd = fp32_to_fp16_fast(_ONE / iscale)
-        _put_fp16(y, o + 208, hd)
-        for ib in range(QK_K // 16):
-            v = min(127, nearest_int_fast(iscale * scales[ib]))
-            sc[ib] = ((v + 128) & 0xFF) - 128  # stored as int8_t
-            y[o + 192 + ib] = sc[ib] & 0xFF
-        dall = fp16_to_fp32_fast(hd)
-        for j in range(QK_K // 16):
-            ds[16 * j:16 * j + 16] = dall * f32(sc[j])
-        _requantize(xb, None, ds, L, -32, 31, 32)
-        ql = o
-        qh = o + 128
-        for j in range(0, QK_K, 128):
-            for l in range(32):
-                l0 = np.int64(L[j + l])
-                l1 = np.int64(L[j + l + 32])
-                l2 = np.int64(L[j + l + 64])
-                l3 = np.int64(L[j + l + 96])
-                y[ql + l] = ((l0 & 0xF) | ((l2 & 0xF) << 4)) & 0xFF
-                y[ql + l + 32] = ((l1 & 0xF) | ((l3 & 0xF) << 4)) & 0xFF
-                y[qh + l] = ((l0 >> 4) | ((l1 >> 4) << 2) | ((l2 >> 4) << 4) | ((l3 >> 4) << 6)) & 0xFF
-            ql += 64
-            qh += 32
+    per_call = QKX_LANES // 16
+    for c0 in range(0, nb, per_call):
+        nbc = min(per_call, nb - c0)
+        xc = x[c0 * QK_K:(c0 + nbc) * QK_K]
+        if quant_weights is None:
+            _q6_k_put_lanes(xc, None, 16 * nbc, s)
+        else:
+            _q6_k_put_lanes(xc, quant_weights[c0 * QK_K:(c0 + nbc) * QK_K], 16 * nbc, s)
+        if nbc > 2:
+            make_qx_quants_lanes(s, 64, 16, 32, lane_scales, iscales)
+        else:
+            make_qx_quants_lanes(s, 32, 16, 32, lane_scales, iscales)
+        for ibc in range(nbc):
+            i = c0 + ibc
+            xb = x[i * QK_K:(i + 1) * QK_K]
+            scales = lane_scales[16 * ibc:16 * ibc + 16]
+            o = i * Q6_K_BYTES
+            max_scale = _ZERO
+            max_abs_scale = _ZERO
+            for ib in range(QK_K // 16):
+                scale = scales[ib]
+                abs_scale = abs(scale)
+                if abs_scale > max_abs_scale:
+                    max_abs_scale = abs_scale
+                    max_scale = scale
+            if max_abs_scale < GROUP_MAX_EPS:
+                for k in range(Q6_K_BYTES):
+                    y[o + k] = 0  # memset(&y[i], 0, ...); d = fp16(0) is 0 too
+                continue
+            iscale = _M128 / max_scale
+            hd = fp32_to_fp16_fast(_ONE / iscale)
+            _put_fp16(y, o + 208, hd)
+            dall = fp16_to_fp32_fast(hd)
+            for ib in range(QK_K // 16):
+                v = min(127, nearest_int_fast(iscale * scales[ib]))
+                sc[ib] = ((v + 128) & 0xFF) - 128  # stored as int8_t
+                y[o + 192 + ib] = sc[ib] & 0xFF
+                if dall * f32(sc[ib]) == _ZERO:  # the requantization keeps the search's L here
+                    qx_lanes_levels(xb[16 * ib:16 * ib + 16], 16, 32, iscales[16 * ibc + ib], L[16 * ib:16 * ib + 16])
+            for j in range(QK_K // 16):
+                ds[16 * j:16 * j + 16] = dall * f32(sc[j])
+            _requantize(xb, None, ds, L, -32, 31, 32)
+            ql = o
+            qh = o + 128
+            for j in range(0, QK_K, 128):
+                for l in range(32):
+                    l0 = np.int64(L[j + l])
+                    l1 = np.int64(L[j + l + 32])
+                    l2 = np.int64(L[j + l + 64])
+                    l3 = np.int64(L[j + l + 96])
+                    y[ql + l] = ((l0 & 0xF) | ((l2 & 0xF) << 4)) & 0xFF
+                    y[ql + l + 32] = ((l1 & 0xF) | ((l3 & 0xF) << 4)) & 0xFF
+                    y[qh + l] = ((l0 >> 4) | ((l1 >> 4) << 2) | ((l2 >> 4) << 4) | ((l3 >> 4) << 6)) & 0xFF
+                ql += 64
+                qh += 32
 
 
 @njit(cache=True, nogil=True, parallel=True)

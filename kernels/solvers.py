@@ -364,6 +364,210 @@ def _qkx_search(n, nmax, x, weights, L, min_, max_, sum_w, sum_x, rmin, rdelta, 
     return scale, -min_
 
 
+# make_qkx2_quants_lanes: one flat float32 scratch. Three planes (group weight i, lane g) at
+# i * QKX_LANES + g: the weights x, their importance weights, the current trial's levels; then one
+# vector of QKX_LANES per per-group quantity. Lane counts and offsets are compile-time constants,
+# so LLVM sees that no two of them alias and vectorizes every lane loop (8 lanes a ymm register);
+# with a run-time lane count it does not (measured 2-4x slower).
+QKX_LANES = 64  # groups per call (8 super-blocks of Q4_K/Q5_K); 32 ran 10 % slower, 16 and 128 2x
+QKX_N = 32  # largest group
+QKX_X, QKX_W, _QL = (k * QKX_N * QKX_LANES for k in range(3))
+(_QMN, _QMX, _QSW, _QSX, _QBE, _QSC, _QIS, _QSL, _QSL2, _QSXL, _QD, _QTS, _QTM, _QER, _QCI, _QCM, _QMN0,
+ QKX_TMP) = (3 * QKX_N * QKX_LANES + k * QKX_LANES for k in range(18))
+QKX_SCRATCH_SIZE = QKX_TMP + QKX_LANES  # QKX_TMP: a free vector for the caller's own lane sums
+
+
+@njit(cache=True, nogil=True)
+def qkx_lanes_scratch():
+    """Scratch of make_qkx2_quants_lanes (allocate once per row)."""
+    return np.zeros(QKX_SCRATCH_SIZE, dtype=np.float32)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def make_qkx2_quants_lanes(s, nl, n, nmax, rmin, rdelta, nstep, use_mad, scales, the_mins, iscales, lmins):
+    """make_qkx2_quants(n, nmax, x_g, w_g, L_g, &the_min, Laux, rmin, rdelta, nstep, use_mad) for
+    the nl groups g whose weights the caller put in planes QKX_X and QKX_W of s. Returns nothing:
+    scales[g] and the_mins[g] get the C's return value and *the_min; the quants L_g follow from
+    iscales[g] and lmins[g] (qkx_lanes_levels), so a caller computes them only where it needs them.
+
+    The C tries nstep + 1 scales one after another per group, and a trial that wins moves the
+    group's min, which later trials start from. Here every group is a lane: trial `is` runs for
+    all lanes at once, each lane with its own min, sums in the C's order, its winner taken with a
+    select instead of a branch. So each group does exactly the C's trials, where the per-group
+    search (_qkx_search) redoes the trials after every min move (about 2.7 of 21 trials win on
+    Gaussian weights). nl (64 or 32, a literal) is the lane count; unused lanes compute garbage
+    that nobody reads."""
+    fnmax = f32(nmax)
+    hi = np.int32(nmax)
+    zero = np.int32(0)
+    L_ = QKX_LANES
+    for g in range(nl):
+        x0 = s[QKX_X + g]
+        w0 = s[QKX_W + g]
+        s[_QMN + g] = x0
+        s[_QMX + g] = x0
+        s[_QSW + g] = w0
+        s[_QSX + g] = w0 * x0
+    for i in range(1, n):
+        for g in range(nl):
+            xi = s[QKX_X + i * L_ + g]
+            w = s[QKX_W + i * L_ + g]
+            mn = s[_QMN + g]
+            mx = s[_QMX + g]
+            s[_QMN + g] = xi if xi < mn else mn  # if (x[i] < min) min = x[i];
+            s[_QMX + g] = xi if xi > mx else mx
+            s[_QSW + g] += w
+            s[_QSX + g] += w * xi
+    for g in range(nl):
+        mn = s[_QMN + g]
+        mn = _ZERO if mn > _ZERO else mn
+        isc = fnmax / (s[_QMX + g] - mn)
+        s[_QMN + g] = mn
+        s[_QMN0 + g] = mn
+        s[_QIS + g] = isc
+        s[_QSC + g] = _ONE / isc
+        s[_QBE + g] = _ZERO
+        s[_QCI + g] = isc
+        s[_QCM + g] = mn
+    for i in range(n):
+        for g in range(nl):
+            xi = s[QKX_X + i * L_ + g]
+            fl = f32(max(zero, min(hi, np.int32(nearest_int_fast(s[_QIS + g] * (xi - s[_QMN + g]))))))
+            diff = s[_QSC + g] * fl + s[_QMN + g] - xi
+            diff = abs(diff) if use_mad else diff * diff
+            s[_QBE + g] += s[QKX_W + i * L_ + g] * diff
+    for is_ in range(nstep + 1 if nstep >= 1 else 0):
+        num = rmin + rdelta * f32(is_) + fnmax
+        for g in range(nl):
+            s[_QIS + g] = num / (s[_QMX + g] - s[_QMN + g])
+            s[_QSL + g] = _ZERO
+            s[_QSL2 + g] = _ZERO
+            s[_QSXL + g] = _ZERO
+            s[_QER + g] = _ZERO
+        for i in range(n):
+            for g in range(nl):
+                xi = s[QKX_X + i * L_ + g]
+                fl = f32(max(zero, min(hi, np.int32(nearest_int_fast(s[_QIS + g] * (xi - s[_QMN + g]))))))
+                s[_QL + i * L_ + g] = fl  # Laux[i]
+                wl = s[QKX_W + i * L_ + g] * fl
+                s[_QSL + g] += wl  # sum_l += w*l
+                s[_QSL2 + g] += wl * fl  # sum_l2 += w*l*l
+                s[_QSXL + g] += wl * xi  # sum_xl += w*l*x[i]
+        for g in range(nl):
+            sum_l = s[_QSL + g]
+            sum_l2 = s[_QSL2 + g]
+            sum_xl = s[_QSXL + g]
+            sum_w = s[_QSW + g]
+            sum_x = s[_QSX + g]
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D  # used only where D > 0
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > _ZERO
+            s[_QD + g] = D
+            s[_QTS + g] = sum_xl / sum_l2 if pos else this_scale
+            s[_QTM + g] = _ZERO if pos else this_min
+        for i in range(n):
+            for g in range(nl):
+                diff = s[_QTS + g] * s[_QL + i * L_ + g] + s[_QTM + g] - s[QKX_X + i * L_ + g]
+                diff = abs(diff) if use_mad else diff * diff
+                s[_QER + g] += s[QKX_W + i * L_ + g] * diff
+        for g in range(nl):
+            err = s[_QER + g]
+            win = (s[_QD + g] > _ZERO) & (err < s[_QBE + g])
+            s[_QBE + g] = err if win else s[_QBE + g]
+            s[_QSC + g] = s[_QTS + g] if win else s[_QSC + g]
+            s[_QCI + g] = s[_QIS + g] if win else s[_QCI + g]
+            s[_QCM + g] = s[_QMN + g] if win else s[_QCM + g]
+            s[_QMN + g] = s[_QTM + g] if win else s[_QMN + g]
+    for g in range(nl):
+        flat = s[_QMX + g] == s[_QMN0 + g]  # max == min: L = 0, scale 0
+        scales[g] = _ZERO if flat else s[_QSC + g]
+        the_mins[g] = -(s[_QMN0 + g] if flat else s[_QMN + g])
+        iscales[g] = _ZERO if flat else s[_QCI + g]
+        lmins[g] = _ZERO if flat else s[_QCM + g]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def qkx_lanes_levels(x, n, nmax, iscale, lmin, L):
+    """The quants make_qkx2_quants leaves in L for one group, from make_qkx2_quants_lanes'
+    iscales[g], lmins[g]: the first guess's or the last winner's Laux (its iscale and the min
+    it started from). A flat group has iscale 0: every level is 0, as the C's."""
+    for i in range(n):
+        L[i] = max(0, min(nmax, nearest_int_fast(iscale * (x[i] - lmin))))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def make_qx_quants_lanes(s, nl, n, nmax, scales, iscales):
+    """make_qx_quants(n, nmax, x_g, L_g, rmse_type=1, qw_g) for the nl groups g whose weights
+    (plane QKX_X) and importance weights (plane QKX_W: qw, or x*x where the C has qw NULL) the
+    caller put in s, as make_qkx2_quants_lanes. scales[g] gets the C's return value; the quants
+    follow from iscales[g] (qx_lanes_levels; 0 for an all-zero group).
+
+    The 19 scales the C tries (its first guess, then is = -9..9 without 0) run as 19 passes over
+    all lanes, each lane summing in the C's order; the C's choice, made in trial order, is a
+    select per lane. The per-group make_qx_quants sums its 19 trials as lanes of one pass; here
+    no lane idles (it used 24 for 19) and the amax scan and L vectorize too."""
+    fnmax = f32(nmax)
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    L_ = QKX_LANES
+    for g in range(nl):
+        s[_QMX + g] = _ZERO  # max
+        s[_QMN + g] = _ZERO  # amax
+    for i in range(n):
+        for g in range(nl):
+            xi = s[QKX_X + i * L_ + g]
+            ax = abs(xi)
+            gt = ax > s[_QMN + g]  # if (ax > amax) { amax = ax; max = x[i]; }
+            s[_QMN + g] = ax if gt else s[_QMN + g]
+            s[_QMX + g] = xi if gt else s[_QMX + g]
+    for t in range(19):
+        # t = 0: the first guess -nmax/max; then is = -9..-1, 1..9
+        is_ = t - 10 if t < 10 else t - 9
+        num = -fnmax if t == 0 else -(fnmax + _TENTH * f32(is_))
+        for g in range(nl):
+            s[_QIS + g] = num / s[_QMX + g]
+            s[_QSXL + g] = _ZERO
+            s[_QSL2 + g] = _ZERO
+        for i in range(n):
+            for g in range(nl):
+                xi = s[QKX_X + i * L_ + g]
+                fl = f32(max(lo, min(hi, np.int32(nearest_int_fast(s[_QIS + g] * xi)))))
+                w = s[QKX_W + i * L_ + g]
+                s[_QSXL + g] += w * xi * fl  # sumlx += w*x[i]*l
+                s[_QSL2 + g] += w * fl * fl  # suml2 += w*l*l
+        if t == 0:
+            for g in range(nl):
+                sumlx = s[_QSXL + g]
+                suml2 = s[_QSL2 + g]
+                scale = sumlx / suml2 if suml2 != _ZERO else _ZERO
+                s[_QSC + g] = scale
+                s[_QBE + g] = scale * sumlx
+                s[_QCI + g] = s[_QIS + g]
+        else:
+            for g in range(nl):
+                sumlx = s[_QSXL + g]
+                suml2 = s[_QSL2 + g]
+                win = (suml2 > _ZERO) & (sumlx * sumlx > s[_QBE + g] * suml2)
+                scale = sumlx / suml2
+                s[_QSC + g] = scale if win else s[_QSC + g]
+                s[_QBE + g] = scale * sumlx if win else s[_QBE + g]
+                s[_QCI + g] = s[_QIS + g] if win else s[_QCI + g]
+    for g in range(nl):
+        flat = s[_QMN + g] < GROUP_MAX_EPS  # all zero: L = 0, scale 0
+        scales[g] = _ZERO if flat else s[_QSC + g]
+        iscales[g] = _ZERO if flat else s[_QCI + g]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def qx_lanes_levels(x, n, nmax, iscale, L):
+    """The quants make_qx_quants leaves in L (int8: nmax + l) for one group, from
+    make_qx_quants_lanes' iscales[g]; 0 marks an all-zero group (L = 0)."""
+    for i in range(n):
+        l = nearest_int_fast(iscale * x[i])
+        L[i] = 0 if iscale == _ZERO else _i8(nmax + max(-nmax, min(nmax - 1, l)))
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, scratch=None):
     """make_qkx2_quants: asymmetric (scale, min) search. L is uint8; Laux is unused (the C's
